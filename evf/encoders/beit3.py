@@ -1,0 +1,85 @@
+"""BEiT-3 as a multimodal-encoder plugin: text-only, late concat, or early fusion (paper Tab.4/Tab.12)."""
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.encoders.base import ENCODERS, MultimodalEncoder
+from evf.encoders.beit3_model import Beit3Model, beit3_config
+from evf.tokenizer import XlmrTokenizer, toy_tokenizer_dir
+from evf.transforms import StretchView
+
+# Which features each mode can produce; the first is the default (paper: image [CLS] for early fusion).
+FEATURES = {
+    "early": ("image_cls", "text_cls", "image_avg", "concat_cls"),
+    "late": ("concat_cls",),
+    "text": ("text_cls",),
+}
+CHECKPOINT_PREFIXES = ("mm_extractor.beit3.", "beit3.", "")
+
+
+@ENCODERS.register("beit3", tiny={"size": "tiny"})
+class Beit3Encoder(MultimodalEncoder):
+    """Our BEiT-3 (``size``: tiny / base / large).
+
+    Args:
+        mode: ``early`` (image and text tokens attend jointly), ``late`` (each encoded alone,
+            CLS tokens concatenated) or ``text`` (text alone).
+        feature: ``image_cls``, ``text_cls``, ``image_avg`` (mean of the patch tokens) or
+            ``concat_cls`` (image CLS ‖ text CLS); default depends on the mode.
+        depth: run only the first ``depth`` layers (paper "Early L1-L12"); ``None`` = all.
+        tokenizer: folder or file of BEiT-3's sentencepiece model; ``None`` = built-in toy tokenizer.
+        checkpoint: BEiT-3 weights (official BEiT-3 or EVF-SAM file), loaded with ``strict=True``.
+    """
+
+    def __init__(self, size: str = "large", mode: str = "early", feature: str | None = None,
+                 depth: int | None = None, tokenizer: str | None = None, max_text_length: int = 64,
+                 checkpoint: str | None = None):
+        super().__init__()
+        self.mode = self.check_mode(mode)
+        self.feature = feature or FEATURES[mode][0]
+        if self.feature not in FEATURES[mode]:
+            raise ValueError(f"feature {self.feature!r} is not available in {mode!r} mode; choose from {FEATURES[mode]}")
+        self.cfg = beit3_config(size)
+        if depth is not None and not 1 <= depth <= self.cfg.depth:
+            raise ValueError(f"depth must be within 1..{self.cfg.depth}, got {depth}")
+        self.depth = depth
+        self.tokenizer_path = tokenizer
+        self.max_text_length = max_text_length
+        self.beit3 = Beit3Model(self.cfg)
+        self.out_dim = self.cfg.dim * (2 if self.feature == "concat_cls" else 1)
+        if checkpoint:
+            load_into(self.beit3, select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES), checkpoint)
+
+    @property
+    def image_view(self) -> StretchView:
+        return StretchView(self.cfg.img_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+    @cached_property
+    def tokenizer(self) -> XlmrTokenizer:
+        tok = XlmrTokenizer(self.tokenizer_path or toy_tokenizer_dir(), max_length=self.max_text_length)
+        if len(tok) > self.cfg.vocab_size:
+            raise ValueError(f"tokenizer has {len(tok)} tokens but BEiT-3 '{self.cfg}' embeds only {self.cfg.vocab_size}")
+        return tok
+
+    def encode(self, images=None, input_ids=None, padding_mask=None) -> torch.Tensor:
+        return self.beit3(images, input_ids, padding_mask, depth=self.depth)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "text":
+            return self.encode(input_ids=input_ids, padding_mask=padding_mask)[:, 0]
+        if self.mode == "late":
+            image_cls = self.encode(images=images)[:, 0]
+            text_cls = self.encode(input_ids=input_ids, padding_mask=padding_mask)[:, 0]
+            return torch.cat([image_cls, text_cls], dim=-1)
+        out = self.encode(images, input_ids, padding_mask)
+        n_img = self.cfg.num_image_tokens
+        if self.feature == "image_cls":
+            return out[:, 0]
+        if self.feature == "text_cls":
+            return out[:, n_img]
+        if self.feature == "image_avg":
+            return out[:, 1:n_img].mean(dim=1)
+        return torch.cat([out[:, 0], out[:, n_img]], dim=-1)

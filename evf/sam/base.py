@@ -1,0 +1,84 @@
+"""The SAM-backend plugin slot.
+
+A backend owns its image view, the frozen image encoder, prompt decoding and post-processing;
+the model and the LightningModule never branch on the backend type.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evf.registry import Registry
+
+SAM_BACKENDS = Registry("SAM backend")
+
+
+class SamBackend(nn.Module):
+    """Subclasses provide ``image_encoder`` (always frozen), ``image_view``, ``embed_images``, ``decode``
+    and ``postprocess``; ``trainable`` names the submodules an optimizer may update.
+
+    Args common to all backends:
+        train_prompt_encoder / train_mask_decoder: paper Tab.6 switches.
+    """
+
+    name: str  # identifies the backend and its weights, e.g. in embedding caches
+    prompt_dim: int
+    image_encoder: nn.Module
+
+    def __init__(self, train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
+        super().__init__()
+        self.train_prompt_encoder = train_prompt_encoder
+        self.train_mask_decoder = train_mask_decoder
+
+    # -- subclass API -------------------------------------------------------------------------
+    @property
+    def image_view(self) -> Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]:
+        """Picklable ``uint8 [H,W,3] -> (image [3,S,S], input_size (h, w))``."""
+        raise NotImplementedError
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """``{"prompt_encoder": ..., "mask_decoder": ...}``: the parts the Tab.6 switches act on."""
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw image-encoder call ``[B,3,S,S] -> embeddings``; ``embed_images`` wraps it frozen."""
+        raise NotImplementedError
+
+    def decode(self, embeddings: torch.Tensor, prompt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt per embedding: embeddings ``[N, ...]``, prompt_tokens ``[N, 1, prompt_dim]``
+        -> (low-res logits ``[N, 1, h, w]``, predicted IoU ``[N, 1]``)."""
+        raise NotImplementedError
+
+    def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits ``[..., h, w]`` of one image -> logits at the original ``[..., H, W]`` (fp32)."""
+        raise NotImplementedError
+
+    # -- shared behaviour ---------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Image encoder always frozen; the rest follows the switches. Call at the end of ``__init__``."""
+        self.image_encoder.requires_grad_(False)
+        flags = {"prompt_encoder": self.train_prompt_encoder, "mask_decoder": self.train_mask_decoder}
+        for name, module in self.trainable_modules().items():
+            module.requires_grad_(flags[name])
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.image_encoder.eval()  # frozen: no dropout/drop-path noise, even during fit
+        return self
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``[..., h, w]`` logits in fp32 (align_corners=False, as the official code)."""
+    shape = logits.shape
+    x = logits.float().reshape(-1, 1, *shape[-2:])
+    x = F.interpolate(x, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    return x.reshape(*shape[:-2], *x.shape[-2:])

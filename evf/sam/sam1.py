@@ -1,0 +1,107 @@
+"""SAM-1 (segment-anything) backend: vit_b / vit_l / vit_h, plus a tiny variant for tests."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
+from evf.transforms import Sam1View
+
+# (embed_dim, depth, heads, global attention blocks) from segment-anything's build_sam.py
+VIT_SIZES = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "")
+
+
+def build_sam1(variant: str):
+    """Assemble a segment-anything ``Sam`` from the package's own classes (random weights)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    if variant == "tiny":
+        img, patch, dim, depth, heads, glob, window, prompt_dim, mlp = 128, 8, 32, 2, 2, (1,), 4, 32, 64
+    elif variant in VIT_SIZES:
+        (dim, depth, heads, glob), img, patch, window, prompt_dim, mlp = VIT_SIZES[variant], 1024, 16, 14, 256, 2048
+    else:
+        raise ValueError(f"unknown SAM-1 variant {variant!r}; choose from {['tiny', *VIT_SIZES]}")
+    grid = img // patch
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=depth, embed_dim=dim, img_size=img, mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=heads, patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=glob,
+            window_size=window, out_chans=prompt_dim,
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(grid, grid),
+                                     input_image_size=(img, img), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=mlp, num_heads=8 if prompt_dim >= 256 else 2),
+            transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=prompt_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+@SAM_BACKENDS.register("sam1", tiny={"variant": "tiny"})
+class Sam1Backend(SamBackend):
+    """SAM-1 with the text token as the only sparse prompt and the no-mask dense embedding.
+
+    Args:
+        variant: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny``.
+        checkpoint: official SAM file (``sam_vit_h_4b8939.pth``) or any file whose keys carry
+            ``visual_model.`` (EVF-SAM) — loaded with ``weights_only=True`` and ``strict=True``.
+    """
+
+    def __init__(self, variant: str = "vit_h", checkpoint: str | None = None,
+                 train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
+        super().__init__(train_prompt_encoder, train_mask_decoder)
+        self.variant = variant
+        self.name = f"sam1_{variant}"
+        self.model = build_sam1(variant)
+        if checkpoint:
+            load_into(self.model, select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES), checkpoint)
+        self.prompt_dim = self.model.prompt_encoder.embed_dim
+        self.image_size = self.model.image_encoder.img_size
+        self.freeze()
+
+    @property
+    def image_encoder(self) -> nn.Module:  # a property, so the weights appear once in the state dict
+        return self.model.image_encoder
+
+    @property
+    def image_view(self) -> Sam1View:
+        return Sam1View(self.image_size)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"prompt_encoder": self.model.prompt_encoder, "mask_decoder": self.model.mask_decoder}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+    def decode(self, embeddings: torch.Tensor, prompt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Also accepts ONE embedding ``[1, ...]`` for ``N`` prompts (several prompts on one image)."""
+        _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
+        image_pe = self.model.prompt_encoder.get_dense_pe()
+        # segment-anything's decoder expands ONE image embedding over all prompts it is given,
+        # so distinct images are decoded one at a time and prompts of one image together.
+        groups = [(embeddings, prompt_tokens)] if len(embeddings) == 1 else zip(embeddings[:, None], prompt_tokens[:, None])
+        logits, iou = [], []
+        for emb, tokens in groups:
+            m, s = self.model.mask_decoder(
+                image_embeddings=emb, image_pe=image_pe, sparse_prompt_embeddings=tokens.to(emb.dtype),
+                dense_prompt_embeddings=dense.to(emb.dtype), multimask_output=False,
+            )
+            logits.append(m)
+            iou.append(s)
+        return torch.cat(logits), torch.cat(iou)
+
+    def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+        h, w = int(input_size[0]), int(input_size[1])
+        x = upsample_logits(logits, (self.image_size, self.image_size))[..., :h, :w]
+        return upsample_logits(x, original_size)

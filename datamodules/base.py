@@ -1,0 +1,96 @@
+"""The datamodule plugin slot: datasets yield raw samples, the model's plugins supply the views.
+
+A raw sample is ``{"image": uint8 [H,W,3], "mask": bool [H,W], "text": str, "id": str, "image_id": str}``.
+The datamodule asks the attached ``LightningModule`` for ``model.preprocessor()`` in ``setup``,
+so image sizes, normalisation and tokenizers never live here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from evf.data import Preprocessor
+from evf.registry import Registry
+
+DATAMODULES = Registry("datamodule")
+
+
+class ProcessedDataset(Dataset):
+    """Raw dataset -> (optional train augmentation on the raw image/mask) -> plugin views."""
+
+    def __init__(self, raw: Dataset, preprocessor: Preprocessor, augment: Callable[[dict], dict] | None = None):
+        self.raw = raw
+        self.preprocessor = preprocessor
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.raw[index]
+        if self.augment is not None:
+            sample = self.augment(sample)
+        return self.preprocessor(sample)
+
+
+class RefSegDataModule(L.LightningDataModule):
+    """Base class. Subclasses implement ``raw_dataset(split)``; split names are configurable.
+
+    Args:
+        batch_size: training batch per process (paper: 16). eval_batch_size defaults to it.
+        num_workers: dataloader workers.
+        val_split / test_split: which splits ``validate`` and ``test`` read.
+    """
+
+    train_split = "train"
+
+    def __init__(self, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
+                 val_split: str = "val", test_split: str = "test"):
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_split = val_split
+        self.test_split = test_split
+        self.preprocessor: Preprocessor | None = None
+
+    def raw_dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def augmentation(self) -> Callable[[dict], dict] | None:
+        """Train-time augmentation of raw samples (image and mask together); none by default."""
+        return None
+
+    def attach(self, preprocessor: Preprocessor) -> "RefSegDataModule":
+        self.preprocessor = preprocessor
+        return self
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.preprocessor is None:
+            trainer = getattr(self, "trainer", None)
+            if trainer is None or trainer.lightning_module is None:
+                raise RuntimeError(f"{type(self).__name__} needs a preprocessor: call attach(model.preprocessor()) first")
+            self.attach(trainer.lightning_module.model.preprocessor())
+
+    def dataset(self, split: str, train: bool = False) -> ProcessedDataset:
+        if self.preprocessor is None:
+            self.setup()
+        return ProcessedDataset(self.raw_dataset(split), self.preprocessor, self.augmentation() if train else None)
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        return DataLoader(
+            self.dataset(split, train), batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            num_workers=self.num_workers, collate_fn=self.preprocessor.collate, drop_last=False,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_split)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.test_split)

@@ -1,0 +1,148 @@
+"""Embedded synthetic referring dataset: coloured shapes on textured backgrounds, generated from a seed.
+
+Every sample is a pure function of (seed, split, index), so nothing is downloaded or stored.
+Grammar (the target is always unique under its expression, so the image is needed to find it):
+
+    expr := "the" COLOR SHAPE                      (colour+shape unique in the scene)
+          | "the" COLOR "shape"                    (colour unique)
+          | "the" SHAPE "on the" (left|right)      (target is the left/right-most of its shape)
+          | "the" (top|bottom) SHAPE               (target is the top/bottom-most of its shape)
+          | "the" (largest|smallest) SHAPE         (target is the largest/smallest of its shape)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datamodules.base import DATAMODULES, RefSegDataModule
+
+COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "yellow": (235, 220, 40),
+          "purple": (150, 60, 200)}
+SHAPES = ("square", "circle", "triangle", "diamond")
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Shape:
+    kind: str
+    color: str
+    cy: float
+    cx: float
+    r: float
+
+
+def rasterize(shape: Shape, h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    dy, dx = (y - shape.cy) / shape.r, (x - shape.cx) / shape.r
+    if shape.kind == "square":
+        return (np.abs(dy) <= 0.8) & (np.abs(dx) <= 0.8)
+    if shape.kind == "circle":
+        return dy**2 + dx**2 <= 1.0
+    if shape.kind == "diamond":
+        return np.abs(dy) + np.abs(dx) <= 1.0
+    return (dy <= 0.7) & (dy >= -1.0) & (np.abs(dx) <= (dy + 1.0) * 0.6)  # triangle, apex up
+
+
+def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    base = rng.integers(60, 160, size=3)
+    y, x = np.mgrid[0:h, 0:w]
+    angle, freq = rng.uniform(0, np.pi), rng.uniform(0.1, 0.4)
+    stripes = 18 * np.sin(freq * (np.cos(angle) * x + np.sin(angle) * y))[..., None]
+    noise = rng.normal(0, 10, size=(h, w, 3))
+    return np.clip(base + stripes + noise, 0, 255)
+
+
+def expressions(shapes: list[Shape], t: int) -> list[str]:
+    """Every grammar expression that singles out ``shapes[t]``."""
+    s = shapes[t]
+    same_kind = [o for o in shapes if o.kind == s.kind]
+    out = []
+    if sum(o.kind == s.kind and o.color == s.color for o in shapes) == 1:
+        out.append(f"the {s.color} {s.kind}")
+    if sum(o.color == s.color for o in shapes) == 1:
+        out.append(f"the {s.color} shape")
+    if len(same_kind) >= 2:
+        others = [o for o in same_kind if o is not s]
+        margin = 0.5 * s.r
+        if all(s.cx + margin < o.cx for o in others):
+            out.append(f"the {s.kind} on the left")
+        if all(s.cx - margin > o.cx for o in others):
+            out.append(f"the {s.kind} on the right")
+        if all(s.cy + margin < o.cy for o in others):
+            out.append(f"the top {s.kind}")
+        if all(s.cy - margin > o.cy for o in others):
+            out.append(f"the bottom {s.kind}")
+        if all(s.r > 1.3 * o.r for o in others):
+            out.append(f"the largest {s.kind}")
+        if all(s.r * 1.3 < o.r for o in others):
+            out.append(f"the smallest {s.kind}")
+    return out
+
+
+def make_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> tuple[np.ndarray, list[Shape], list[np.ndarray]]:
+    h, w = size, int(rng.integers(size * 3 // 4, size * 5 // 4 + 1))
+    image = texture(rng, h, w)
+    shapes: list[Shape] = []
+    kinds = rng.choice(SHAPES, size=2, replace=False)  # few kinds, so relations are needed often
+    for _ in range(int(rng.integers(2, max_objects + 1))):
+        for _attempt in range(30):
+            r = rng.uniform(0.08, 0.2) * size
+            cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+            if all(np.hypot(cy - o.cy, cx - o.cx) > 0.9 * (r + o.r) for o in shapes):
+                shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(list(COLORS))), cy, cx, r))
+                break
+    masks = []
+    for s in shapes:
+        m = rasterize(s, h, w)
+        image[m] = np.asarray(COLORS[s.color]) + rng.normal(0, 6, size=(int(m.sum()), 3))
+        masks.append(m)
+    # Later shapes occlude earlier ones: each mask keeps only its visible pixels.
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            masks[i] &= ~masks[j]
+    return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
+
+
+def generate_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    while True:
+        image, shapes, masks = make_scene(rng, size)
+        order = rng.permutation(len(shapes))
+        for t in order:
+            options = expressions(shapes, int(t))
+            if options and masks[t].any():
+                text = str(rng.choice(options))
+                return {"image": image, "mask": masks[t], "text": text, "id": f"{split}-{index}",
+                        "image_id": f"{split}-{index}"}
+
+
+class SyntheticRefDataset(Dataset):
+    def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96):
+        if split not in SPLIT_IDS:
+            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
+        self.split, self.length, self.seed, self.image_size = split, length, seed, image_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return generate_sample(self.seed, self.split, index, self.image_size)
+
+
+@DATAMODULES.register("synthetic", tiny={"train_size": 8, "val_size": 3, "test_size": 5, "batch_size": 2})
+class SyntheticRefDataModule(RefSegDataModule):
+    """The embedded default: no files needed. Split sizes are sample counts per split."""
+
+    def __init__(self, train_size: int = 4000, val_size: int = 100, test_size: int = 200, seed: int = 0,
+                 image_size: int = 96, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0):
+        super().__init__(batch_size, eval_batch_size, num_workers)
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.seed = seed
+        self.image_size = image_size
+
+    def raw_dataset(self, split: str) -> SyntheticRefDataset:
+        return SyntheticRefDataset(split, self.sizes[split], self.seed, self.image_size)

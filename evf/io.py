@@ -1,0 +1,81 @@
+"""The one image loader and the one way to write output files (atomically)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from evf.transforms import to_rgb_uint8
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable, truncated or empty; the message names the file."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]``; gray, gray+alpha, RGBA, palette and 16-bit files are converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            array = np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if array.dtype in (np.int32, np.uint32) or (array.dtype == np.uint16 and array.ndim == 2 and im.mode.startswith("I")):
+        # PIL opens 16-bit grayscale PNGs as mode "I"/"I;16": scale to 8 bits.
+        array = (np.clip(array, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+    elif array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    try:
+        return to_rgb_uint8(array)
+    except ValueError as exc:
+        raise ImageReadError(f"unusable image {path}: {exc}") from None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """An index/label PNG as an integer array ``[H, W]`` (palette indices are kept, not converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read mask {path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; it replaces ``path`` only if the block finishes.
+
+    A crash or kill mid-write leaves the old file (or nothing) behind, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")

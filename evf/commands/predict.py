@@ -1,0 +1,218 @@
+"""``evf predict``: segment one image with one or more text prompts.
+
+Writes one 0/255 mask PNG per prompt (``00_the-red-square.png``) and one ``overlay.png``
+(each mask blended 50% with its own colour), every file atomically; prints what it wrote.
+
+The checkpoint is either an official EVF-SAM release folder (config.json + weights + tokenizer)
+or a Lightning ``.ckpt`` from ``evf fit``; the latter is rebuilt from the run's ``config.yaml``
+(saved by LightningCLI next to the run's ``checkpoints/`` folder) or from ``--config``.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from evf.checkpoint import CheckpointError
+from evf.cli import UserError
+from evf.io import read_image, save_png_atomic
+
+# First colour is the official EVF-SAM overlay colour; the rest keep several masks apart.
+COLOURS = ((50, 120, 220), (220, 60, 50), (60, 180, 75), (240, 200, 30), (145, 30, 180),
+           (70, 200, 220), (240, 50, 230), (250, 150, 40), (128, 128, 128), (0, 128, 128))
+OVERLAY_NAME = "overlay.png"
+RUN_CONFIG_NAME = "config.yaml"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes become one ``evf: error:`` line like every other bad input."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = OneLineParser(prog="evf predict", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="EVF-SAM release folder (or its weights file), or a Lightning .ckpt from 'evf fit'")
+    p.add_argument("--config", help="experiment/run YAML for a .ckpt (default: the run's config.yaml)")
+    p.add_argument("--image", required=True, help="image file (gray, RGBA and 16-bit images are converted)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
+    p.add_argument("--prompt-file", help="UTF-8 text file with one prompt per line (blank lines skipped)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    return p.parse_args(list(argv))
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def read_prompts(prompts: Sequence[str], prompt_file: str | None) -> list[str]:
+    out = []
+    for i, text in enumerate(prompts):
+        if not text.strip():
+            raise UserError(f"--prompt #{i + 1} is empty")
+        out.append(text.strip())
+    if prompt_file:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise UserError(f"prompt file not found: {path}")
+        try:
+            lines = path.read_bytes().decode("utf-8-sig").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"prompt file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise UserError(f"prompt file {path} holds no prompts")
+        out += from_file
+    if not out:
+        raise UserError("give at least one --prompt or a --prompt-file")
+    return out
+
+
+def prepare_out_dir(out: str) -> Path:
+    """Create ``out`` and prove it is writable before any work is done."""
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".evf-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"output folder {folder} is not writable: {exc.strerror or type(exc).__name__}") from None
+    return folder
+
+
+# -- model loading ------------------------------------------------------------------------------
+def find_run_config(ckpt: Path) -> Path:
+    """``config.yaml`` of the run: LightningCLI saves it in the log dir, checkpoints go to ``<log dir>/checkpoints``."""
+    for folder in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
+        if (folder / RUN_CONFIG_NAME).is_file():
+            return folder / RUN_CONFIG_NAME
+    raise UserError(f"no {RUN_CONFIG_NAME} found next to {ckpt} or above it; pass the run's YAML with --config")
+
+
+def module_from_config(config: Path):
+    """An untrained ``EVFSAMModule`` built from the ``model:`` section of a LightningCLI YAML."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from evf.lightning import EVFSAMModule
+
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {config}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise UserError(f"config {config} has no 'model:' section")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(EVFSAMModule, "model", fail_untyped=False)
+    try:
+        parsed = parser.parse_object({"model": data["model"]})
+    except Exception as exc:  # jsonargparse reports unknown keys/bad types as ArgumentError
+        raise UserError(f"config {config}: {' '.join(str(exc).split())[:300]}") from None
+    return parser.instantiate_classes(parsed).model
+
+
+def load_lightning_checkpoint(ckpt: Path, config: Path | None):
+    """The ``EVFSAM`` inside a ``.ckpt``, restored through ``EVFSAMModule``'s own checkpoint hooks."""
+    from lightning.fabric.utilities.cloud_io import _load as pl_load
+
+    module = module_from_config(config or find_run_config(ckpt))
+    try:
+        checkpoint = pl_load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, pickle with forbidden globals
+        raise CheckpointError(f"cannot read checkpoint {ckpt}: {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")
+    module.on_load_checkpoint(checkpoint)  # lets the module restore what it left out (e.g. frozen weights)
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt} does not fit the model built from its config: {summarize_load_error(exc)}") from None
+    return module.model
+
+
+def load_model(checkpoint: str, config: str | None):
+    from evf.model import EVFSAM
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if config is not None and not Path(config).is_file():
+        raise UserError(f"config not found: {config}")
+    if path.is_dir() or (path.suffix != ".ckpt" and (path.parent / "config.json").is_file()):
+        return EVFSAM.from_pretrained(path)
+    return load_lightning_checkpoint(path, Path(config) if config else None)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def summarize_load_error(exc: RuntimeError) -> str:
+    """torch's multi-line ``load_state_dict`` error as one line: counts and the first key of each kind."""
+    text = str(exc)
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)"),
+                           ("wrong shape", r"size mismatch for ([^:]+):")):
+        found = re.findall(pattern, text)
+        if label == "wrong shape" and found:
+            parts.append(f"{len(found)} wrong shape (e.g. {found[0]})")
+        elif found:
+            keys = re.findall(r'"([^"]+)"', found[0])
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0] if keys else '?'})")
+    return "; ".join(parts) or first_line(exc)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def slug(text: str, limit: int = 40) -> str:
+    """File-name-safe, lower-case version of a prompt (``"The red square!"`` -> ``the-red-square``)."""
+    words = re.findall(r"\w+", text.lower())
+    return "-".join(words)[:limit].strip("-") or "prompt"
+
+
+def mask_names(prompts: Sequence[str]) -> list[str]:
+    width = max(2, len(str(len(prompts) - 1)))
+    return [f"{i:0{width}d}_{slug(p)}.png" for i, p in enumerate(prompts)]
+
+
+def overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``image`` ``uint8 [H, W, 3]`` with mask ``i`` (``[N, H, W]`` bool) blended 50% with ``COLOURS[i]``."""
+    out = image.astype(np.float32)
+    for i, mask in enumerate(masks):
+        colour = np.array(COLOURS[i % len(COLOURS)], dtype=np.float32)
+        out[mask] = 0.5 * out[mask] + 0.5 * colour
+    return out.round().astype(np.uint8)
+
+
+def write_outputs(folder: Path, image: np.ndarray, prompts: Sequence[str], masks: np.ndarray) -> list[Path]:
+    written = []
+    for name, mask in zip(mask_names(prompts), masks):
+        save_png_atomic(folder / name, mask.astype(np.uint8) * 255)
+        written.append(folder / name)
+    save_png_atomic(folder / OVERLAY_NAME, overlay(image, masks))
+    written.append(folder / OVERLAY_NAME)
+    return written
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    prompts = read_prompts(args.prompt, args.prompt_file)
+    image = read_image(args.image)  # fail on a bad image before the (slow) model load
+    folder = prepare_out_dir(args.out)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UserError(f"bad --device {args.device!r}: {first_line(exc)}") from None
+    model = load_model(args.checkpoint, args.config).to(device).eval()
+    masks = model.predict(image, prompts).cpu().numpy()
+    for path in write_outputs(folder, image, prompts, masks):
+        print(path)
+    return 0
+
+

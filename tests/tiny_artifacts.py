@@ -1,0 +1,111 @@
+"""Writers of tiny random-weight artifacts in the real on-disk formats (shared by the CLI tests).
+
+- ``write_release_folder``: an official EVF-SAM release folder (config.json, model.safetensors in the
+  official key schema, sentencepiece.bpe.model).
+- ``tiny_fit``: a real ``evf fit`` run (LightningCLI) leaving ``config.yaml`` + a Lightning ``.ckpt``.
+- ``write_image``: PNGs with 1/2/3/4 channels or 16-bit depth.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+TINY_FIT_YAML = """\
+seed_everything: 0
+model:
+  model:
+    encoder:
+      class_path: evf.encoders.Beit3Encoder
+      init_args: {{size: tiny}}
+    sam:
+      class_path: evf.sam.Sam1Backend
+      init_args: {{variant: tiny, checkpoint: {sam_weights}}}
+  lr: 1.0e-3
+data:
+  class_path: datamodules.SyntheticRefDataModule
+  init_args: {{train_size: 4, val_size: 2, test_size: 2, batch_size: 2, image_size: 48}}
+trainer:
+  accelerator: cpu
+  max_steps: {max_steps}
+  limit_val_batches: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+  logger:
+    - class_path: lightning.pytorch.loggers.CSVLogger
+      init_args: {{save_dir: {root}, name: csv}}
+"""
+
+
+def tiny_evfsam(seed: int = 0):
+    from evf.encoders import Beit3Encoder
+    from evf.model import EVFSAM
+    from evf.sam import Sam1Backend
+
+    torch.manual_seed(seed)
+    return EVFSAM(Beit3Encoder(size="tiny"), Sam1Backend(variant="tiny")).eval()
+
+
+def to_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from evf.model import OFFICIAL_PREFIXES
+
+    out = {}
+    for key, value in state.items():
+        theirs = next((t + key[len(o):] for t, o in OFFICIAL_PREFIXES.items() if key.startswith(o)), key)
+        out[theirs] = value.detach().clone().contiguous()
+    return out
+
+
+def write_release_folder(folder: Path, seed: int = 0, architecture: str = "EvfSamModel") -> Path:
+    from safetensors.torch import save_file
+
+    from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": [architecture], "mm_extractor_scale": "tiny", "sam_scale": "tiny"}
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(to_official_keys(tiny_evfsam(seed).state_dict()), str(folder / "model.safetensors"))
+    shutil.copy(toy_tokenizer_dir() / SPM_FILENAME, folder / SPM_FILENAME)
+    return folder
+
+
+def write_fit_config(root: Path, max_steps: int = 1) -> Path:
+    """A tiny fit YAML; SAM's frozen weights come from a file, as in real use, so rebuilding is exact."""
+    from safetensors.torch import save_file
+
+    from evf.sam import Sam1Backend
+
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    sam_weights = root / "sam_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in Sam1Backend(variant="tiny").model.state_dict().items()}, str(sam_weights))
+    config = root / "tiny_fit.yaml"
+    config.write_text(TINY_FIT_YAML.format(sam_weights=sam_weights, root=root / "run", max_steps=max_steps))
+    return config
+
+
+def tiny_fit(root: Path):
+    """Run ``evf fit`` in-process; returns ``(cli, checkpoint path, run config.yaml)``."""
+    from evf.lightning_cli import run_lightning_cli
+
+    cli = run_lightning_cli(["fit", "--config", str(write_fit_config(root))])
+    ckpt = next((root / "run").rglob("*.ckpt"))
+    return cli, ckpt, next((root / "run").rglob("config.yaml"))
+
+
+def write_image(path: Path, kind: str = "rgb", size: tuple[int, int] = (40, 56), seed: int = 0) -> Path:
+    """``kind``: rgb, rgba, gray, gray_alpha (2 channels) or gray16 (16-bit)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    if kind == "gray16":
+        Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16)).save(path)
+        return path
+    channels = {"rgb": 3, "rgba": 4, "gray": 1, "gray_alpha": 2}[kind]
+    array = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    Image.fromarray(array[..., 0] if channels == 1 else array).save(path)
+    return path

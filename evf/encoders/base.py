@@ -22,6 +22,8 @@ class MultimodalEncoder(nn.Module):
     """
 
     MODES: tuple[str, ...] = ("text", "late", "early")
+    # Feature choices per mode (paper Tab.12), default first; a mode not listed has one fixed feature.
+    FEATURES: dict[str, tuple[str, ...]] = {}
     out_dim: int
     mode: str
 
@@ -40,6 +42,20 @@ class MultimodalEncoder(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """images ``[B,3,S,S]``, input_ids ``[B,L]``, padding_mask ``[B,L]`` (True = pad) -> ``[B, out_dim]``."""
         raise NotImplementedError
+
+    # -- parameter accounting (paper "Params" columns) ----------------------------------------
+    def uses_parameter(self, name: str) -> bool:
+        """Whether the parameter ``name`` (as in ``named_parameters()``) takes part in this mode's
+        forward pass; subclasses refine it (e.g. text-only BEiT-3 runs only its text branch)."""
+        return True
+
+    def used_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if self.uses_parameter(name)}
+
+    def parameter_count(self, used: bool = True) -> int:
+        """Parameters the chosen mode runs (``used=True``) or all parameters held; works on the meta device."""
+        params = self.used_parameters() if used else dict(self.named_parameters())
+        return sum(p.numel() for p in params.values())
 
     def check_mode(self, mode: str) -> str:
         if mode not in self.MODES:

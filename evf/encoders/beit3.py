@@ -34,6 +34,8 @@ class Beit3Encoder(MultimodalEncoder):
         checkpoint: BEiT-3 weights (official BEiT-3 or EVF-SAM file), loaded with ``strict=True``.
     """
 
+    FEATURES = FEATURES
+
     def __init__(self, size: str = "large", mode: str = "early", feature: str | None = None,
                  depth: int | None = None, tokenizer: str | None = None, max_text_length: int = 64,
                  checkpoint: str | None = None):
@@ -63,6 +65,15 @@ class Beit3Encoder(MultimodalEncoder):
         if len(tok) > self.cfg.vocab_size:
             raise ValueError(f"tokenizer has {len(tok)} tokens but BEiT-3 '{self.cfg}' embeds only {self.cfg.vocab_size}")
         return tok
+
+    def uses_parameter(self, name: str) -> bool:
+        parts = name.split(".")
+        if parts[-1] == "mask_token":  # BEiT pre-training only
+            return False
+        if "layers" in parts and int(parts[parts.index("layers") + 1]) >= (self.depth or self.cfg.depth):
+            return False
+        image_side = "vision_embed" in parts or "A" in parts  # multiway branch A serves image tokens
+        return self.uses_image or not image_side
 
     def encode(self, images=None, input_ids=None, padding_mask=None) -> torch.Tensor:
         return self.beit3(images, input_ids, padding_mask, depth=self.depth)

@@ -1,0 +1,133 @@
+"""One contract over every registered multimodal encoder x mode (x feature), on the tiny variants."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from evf.encoders import ENCODERS
+
+# The parameters nearest each input: gradient must reach them through the whole stack.
+INPUT_PARAMETERS = {
+    "beit3": ("beit3.text_embed.weight", "beit3.vision_embed.proj.weight"),
+    "clip": ("clip.token_embedding.weight", "clip.visual.conv1.weight"),
+    "vilt": ("vilt.embeddings.text_embeddings.word_embeddings.weight",
+             "vilt.embeddings.patch_embeddings.projection.weight"),
+}
+TEXTS = ["the red square on the left", "circle", "the largest blue triangle next to the small green star"]
+TOL = 1e-5
+
+
+def cases():
+    out = []
+    for name in ENCODERS:
+        cls = ENCODERS.get(name).cls
+        for mode in cls.MODES:
+            for feature in cls.FEATURES.get(mode, (None,)):
+                out.append(pytest.param(name, mode, feature, id=f"{name}-{mode}" + (f"-{feature}" if feature else "")))
+    return out
+
+
+def build(name: str, mode: str, feature: str | None):
+    torch.manual_seed(0)
+    kwargs = {"mode": mode} | ({"feature": feature} if feature else {})
+    return ENCODERS.create(name, tiny=True, **kwargs)
+
+
+def images(encoder, n: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    view = encoder.image_view
+    return torch.stack([view(rng.integers(0, 256, size=(40 + 7 * i, 52, 3), dtype=np.uint8)) for i in range(n)])
+
+
+def tokens(encoder, texts):
+    t = encoder.tokenizer(texts)
+    return t["input_ids"], t["padding_mask"]
+
+
+def run(encoder, imgs, ids, pad):
+    with torch.no_grad():
+        return encoder(imgs, ids, pad)
+
+
+def test_every_encoder_has_input_parameters_listed():
+    assert set(ENCODERS) <= set(INPUT_PARAMETERS), "add the new encoder's input parameters to INPUT_PARAMETERS"
+    assert {"beit3", "clip", "vilt"} <= set(ENCODERS)
+
+
+@pytest.mark.parametrize("name,mode,feature", cases())
+def test_output_width_and_preprocessing_are_picklable(name, mode, feature):
+    enc = build(name, mode, feature).eval()
+    view, tok = pickle.loads(pickle.dumps(enc.image_view)), pickle.loads(pickle.dumps(enc.tokenizer))
+    ids, pad = tok(TEXTS)["input_ids"], tok(TEXTS)["padding_mask"]
+    assert ids.dtype == torch.long and pad.dtype == torch.bool and ids.shape == pad.shape
+    assert pad.any() and not pad[:, 0].any()  # right-padded
+    imgs = torch.stack([view(np.zeros((30, 40, 3), np.uint8))] * len(TEXTS))
+    out = run(enc, imgs, ids, pad)
+    assert out.shape == (len(TEXTS), enc.out_dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name,mode,feature", cases())
+def test_gradients_reach_the_inputs_and_only_used_parameters(name, mode, feature):
+    enc = build(name, mode, feature).train()
+    ids, pad = tokens(enc, TEXTS)
+    out = enc(images(enc, len(TEXTS)), ids, pad)
+    (out * torch.randn_like(out)).sum().backward()
+    named = dict(enc.named_parameters())
+    assert all(p.requires_grad for p in named.values())
+    touched = {n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched <= set(enc.used_parameters()), f"parameters run but not counted: {sorted(touched - set(enc.used_parameters()))[:3]}"
+    text_param, image_param = INPUT_PARAMETERS[name]
+    assert text_param in touched
+    assert (image_param in touched) == enc.uses_image
+
+
+@pytest.mark.parametrize("name,mode,feature", cases())
+def test_batch_independence_padding_invariance_and_determinism(name, mode, feature):
+    enc = build(name, mode, feature).eval()
+    imgs = images(enc, len(TEXTS))
+    ids, pad = tokens(enc, TEXTS)
+    batch = run(enc, imgs, ids, pad)
+    for i, text in enumerate(TEXTS):  # alone = its own (shorter) padding, other samples absent
+        alone_ids, alone_pad = tokens(enc, [text])
+        torch.testing.assert_close(run(enc, imgs[i:i + 1], alone_ids, alone_pad)[0], batch[i], rtol=0, atol=TOL)
+
+    garbage = torch.randint_like(ids, 1, 100)  # content under padding must not matter
+    torch.testing.assert_close(run(enc, imgs, torch.where(pad, garbage, ids), pad), batch, rtol=0, atol=TOL)
+
+    extra = 5
+    longer_ids = torch.cat([ids, torch.full((len(ids), extra), enc.tokenizer.pad_id)], dim=1)
+    longer_pad = torch.cat([pad, torch.ones(len(ids), extra, dtype=torch.bool)], dim=1)
+    try:
+        longer = run(enc, imgs, longer_ids, longer_pad)
+    except ValueError:  # fixed-context text tower (CLIP): its tokenizer must then always emit that length
+        assert tokens(enc, ["a"])[0].shape[1] == ids.shape[1]
+    else:
+        torch.testing.assert_close(longer, batch, rtol=0, atol=TOL)
+
+    assert torch.equal(run(enc, imgs, ids, pad), batch)  # eval mode is deterministic
+
+
+@pytest.mark.parametrize("name,mode,feature", cases())
+def test_fusion_semantics(name, mode, feature):
+    """early: feature depends on image and text; late: image and text halves are separate; text: no image."""
+    enc = build(name, mode, feature).eval()
+    imgs, other_imgs = images(enc, 2, seed=0), images(enc, 2, seed=1)
+    ids, pad = tokens(enc, TEXTS[:2])
+    other_ids, other_pad = tokens(enc, TEXTS[1:3][::-1])
+    base = run(enc, imgs, ids, pad)
+    by_image = (run(enc, other_imgs, ids, pad) - base).abs().amax(dim=0) > 1e-6
+    by_text = (run(enc, imgs, other_ids, other_pad) - base).abs().amax(dim=0) > 1e-6
+    assert by_text.any(), "the feature must depend on the text"
+    if mode == "text":
+        assert not by_image.any(), "text-only feature must not depend on the image"
+    elif mode == "late":
+        assert by_image.sum() == by_text.sum() == enc.out_dim // 2, "late: each modality owns one half"
+        assert not (by_image & by_text).any(), "late: no column may depend on both modalities"
+    else:
+        assert mode == "early"
+        assert by_image.any(), "early: the feature must depend on the image"
+        assert (by_image & by_text).any(), "early: some feature column must mix both modalities"

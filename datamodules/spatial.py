@@ -1,0 +1,153 @@
+"""Synthetic *spatial* referring benchmark: expressions that resolve only by relating text to the image.
+
+Builds on the shapes of ``datamodules.synthetic`` (same colours, shapes, rasteriser and textures), but
+every scene draws its objects from only two shapes and two colours, so most objects share colour and
+shape with a distractor and the words alone rarely identify the target. Each sample is a pure
+function of (seed, split, index); splits differ by their seed stream. Grammar (docs/synthetic.md):
+
+    attribute := "the" COLOR SHAPE                         (the only one of that colour+shape)
+    relation  := "the" COLOR SHAPE "on the" (left|right)   (left/right-most of its colour+shape group)
+               | "the" (top|bottom) COLOR SHAPE
+               | "the" (largest|smallest) COLOR SHAPE
+               | "the" SHAPE "on the" (left|right) | "the" (top|bottom|largest|smallest) SHAPE
+    next_to   := "the" SHAPE "next to the" COLOR SHAPE     (nearest SHAPE to a unique anchor object)
+    semantic  := "[semantic]" SHAPE | "[semantic]" COLOR "shape"   (mask = every visible pixel of the class)
+
+Relations need a clear margin (half a radius in position, 1.3x in size, 1.3x in distance), and the
+group has at least two members, so the text names a *set* and the image picks the member.
+Families are drawn with ``FAMILY_WEIGHTS`` among those the scene supports.
+"""
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from datamodules.base import DATAMODULES, RefSegDataModule
+from datamodules.synthetic import COLORS, SHAPES, SPLIT_IDS, Shape, rasterize, texture
+
+FAMILY_WEIGHTS = {"relation": 0.55, "next_to": 0.2, "semantic": 0.15, "attribute": 0.1}
+SEMANTIC_PREFIX = "[semantic]"
+STREAM = 17  # keeps this benchmark's random stream apart from the quickstart dataset's
+
+
+def extreme(target: Shape, group: list[Shape], key, margin: float) -> bool:
+    """True if ``key(target)`` beats every other member of ``group`` by more than ``margin``."""
+    return all(key(target) + margin < key(o) for o in group if o is not target)
+
+
+def relations(s: Shape, group: list[Shape], noun: str) -> list[str]:
+    """Left/right/top/bottom/largest/smallest expressions singling ``s`` out of ``group`` (len >= 2)."""
+    if len(group) < 2:
+        return []
+    m = 0.5 * s.r
+    tests = {
+        f"the {noun} on the left": extreme(s, group, lambda o: o.cx, m),
+        f"the {noun} on the right": extreme(s, group, lambda o: -o.cx, m),
+        f"the top {noun}": extreme(s, group, lambda o: o.cy, m),
+        f"the bottom {noun}": extreme(s, group, lambda o: -o.cy, m),
+        f"the largest {noun}": all(s.r > 1.3 * o.r for o in group if o is not s),
+        f"the smallest {noun}": all(1.3 * s.r < o.r for o in group if o is not s),
+    }
+    return [text for text, ok in tests.items() if ok]
+
+
+def next_to(shapes: list[Shape], t: int) -> list[str]:
+    """``the SHAPE next to the COLOR SHAPE``: the target is clearly the nearest of its shape to a unique anchor."""
+    s, out = shapes[t], []
+    for a in shapes:
+        if a is s or sum(o.kind == a.kind and o.color == a.color for o in shapes) != 1:
+            continue
+        rivals = [o for o in shapes if o.kind == s.kind and o is not s and o is not a]
+        dist = lambda o: np.hypot(o.cx - a.cx, o.cy - a.cy)  # noqa: E731
+        if rivals and all(1.3 * dist(s) < dist(o) for o in rivals):
+            out.append(f"the {s.kind} next to the {a.color} {a.kind}")
+    return out
+
+
+def candidates(shapes: list[Shape], masks: list[np.ndarray]) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Every (expression, mask) the scene supports, grouped by family; targets must be visible."""
+    out: dict[str, list[tuple[str, np.ndarray]]] = {f: [] for f in FAMILY_WEIGHTS}
+    for t, s in enumerate(shapes):
+        if masks[t].sum() < 4:
+            continue
+        same = [o for o in shapes if o.kind == s.kind and o.color == s.color]
+        if len(same) == 1:
+            out["attribute"].append((f"the {s.color} {s.kind}", masks[t]))
+        texts = relations(s, same, f"{s.color} {s.kind}") + relations(s, [o for o in shapes if o.kind == s.kind], s.kind)
+        out["relation"] += [(text, masks[t]) for text in texts]
+        out["next_to"] += [(text, masks[t]) for text in next_to(shapes, t)]
+    for name, members in [(k, [i for i, s in enumerate(shapes) if s.kind == k]) for k in SHAPES] + \
+                         [(f"{c} shape", [i for i, s in enumerate(shapes) if s.color == c]) for c in COLORS]:
+        if members:
+            out["semantic"].append((f"{SEMANTIC_PREFIX} {name}", np.logical_or.reduce([masks[i] for i in members])))
+    return out
+
+
+def make_spatial_scene(rng: np.random.Generator, size: int, min_objects: int = 4,
+                       max_objects: int = 6) -> tuple[np.ndarray, list[Shape], list[np.ndarray]]:
+    """Image ``uint8 [H, W, 3]``, the shapes, and each shape's visible mask (later shapes occlude earlier)."""
+    h, w = size, int(rng.integers(size * 3 // 4, size * 5 // 4 + 1))
+    image = texture(rng, h, w)
+    kinds = rng.choice(SHAPES, size=2, replace=False)
+    colors = rng.choice(list(COLORS), size=2, replace=False)
+    shapes: list[Shape] = []
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
+        for _attempt in range(30):
+            r = rng.uniform(0.07, 0.17) * size
+            cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+            if all(np.hypot(cy - o.cy, cx - o.cx) > 0.9 * (r + o.r) for o in shapes):
+                shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(colors)), cy, cx, r))
+                break
+    masks = [rasterize(s, h, w) for s in shapes]
+    for s, m in zip(shapes, masks):
+        image[m] = np.asarray(COLORS[s.color]) + rng.normal(0, 6, size=(int(m.sum()), 3))
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            masks[i] &= ~masks[j]
+    return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
+
+
+def generate_spatial_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index, STREAM])
+    while True:
+        image, shapes, masks = make_spatial_scene(rng, size)
+        options = {f: c for f, c in candidates(shapes, masks).items() if c}
+        if not options:
+            continue
+        families = sorted(options)
+        weights = np.array([FAMILY_WEIGHTS[f] for f in families])
+        family = families[int(rng.choice(len(families), p=weights / weights.sum()))]
+        text, mask = options[family][int(rng.integers(len(options[family])))]
+        return {"image": image, "mask": mask.copy(), "text": text, "id": f"{split}-{index}",
+                "image_id": f"{split}-{index}", "family": family}
+
+
+class SpatialRefDataset(Dataset):
+    def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96):
+        if split not in SPLIT_IDS:
+            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
+        self.split, self.length, self.seed, self.image_size = split, length, seed, image_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return generate_spatial_sample(self.seed, self.split, index, self.image_size)
+
+
+@DATAMODULES.register("spatial", tiny={"train_size": 8, "val_size": 3, "test_size": 5, "batch_size": 2})
+class SpatialRefDataModule(RefSegDataModule):
+    """The synthetic spatial benchmark (fusion study). Split sizes are sample counts; ``seed`` is the data seed,
+    fixed across training seeds so every run sees the same splits."""
+
+    def __init__(self, train_size: int = 20000, val_size: int = 200, test_size: int = 500, seed: int = 0,
+                 image_size: int = 96, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0):
+        super().__init__(batch_size, eval_batch_size, num_workers)
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.seed = seed
+        self.image_size = image_size
+
+    def raw_dataset(self, split: str) -> SpatialRefDataset:
+        return SpatialRefDataset(split, self.sizes[split], self.seed, self.image_size)

@@ -26,6 +26,10 @@ OFFICIAL_PREFIXES = {
 OFFICIAL_BACKENDS: dict[str, tuple[str, dict[str, dict]]] = {
     "EvfSamModel": ("sam1", {"huge": {"variant": "vit_h"}, "large": {"variant": "vit_l"},
                              "base": {"variant": "vit_b"}, "tiny": {"variant": "tiny"}}),
+    # The official EvfSam2Model builds SAM **2.0** (sam2_hiera_{l,t}.yaml) and was trained with SAM-2 frozen.
+    "EvfSam2Model": ("sam2", {"large": {"variant": "large", "version": "2.0"}, "tiny": {"variant": "tiny", "version": "2.0"},
+                              "toy": {"variant": "toy", "version": "2.0"}}),
+    "EvfEffiSamModel": ("efficientsam", {"small": {"variant": "s"}, "tiny": {"variant": "ti"}, "toy": {"variant": "toy"}}),
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -122,9 +126,13 @@ class EVFSAM(nn.Module):
         weights = path if path.is_file() else next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
         if weights is None:
             raise CheckpointError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {folder}")
+        state = rename_official(load_state_dict(weights))
+        backend_kwargs = dict(scales[scale])
+        if backend == "sam2" and "sam.model.no_obj_embed_spatial" in state:  # a SAM-2.1-only key (spec T15)
+            backend_kwargs["version"] = "2.1"
         encoder = ENCODERS.create("beit3", size=config.get("mm_extractor_scale", "large"), tokenizer=str(folder))
-        model = cls(encoder, SAM_BACKENDS.create(backend, **scales[scale]), **kwargs)
-        load_into(model, rename_official(load_state_dict(weights)), str(weights))
+        model = cls(encoder, SAM_BACKENDS.create(backend, **backend_kwargs), **kwargs)
+        load_into(model, state, str(weights))
         return model
 
 

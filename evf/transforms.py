@@ -80,11 +80,46 @@ class Sam1View:
 
 @dataclass(frozen=True)
 class SquareStretchView:
-    """SAM-2 view (official EVF-SAM2 inference): bilinear stretch to ``size``² on uint8, no padding, 0-255 norm."""
+    """SAM-2 view: stretch to ``size``² (aspect ratio not kept, no padding), then 0-255 ImageNet norm.
+
+    ``resize="tensor"`` is the official inference/demo path: bilinear interpolation of the **uint8**
+    tensor (align_corners=False, no antialias), so the stretched pixels are rounded to integers
+    before normalising. ``resize="pil"`` is the official eval.py path: PIL bilinear (antialiased).
+    Returns ``(image [3, size, size], input_size (size, size))``.
+    """
+
+    size: int = 1024
+    resize: str = "tensor"
+
+    def __post_init__(self):
+        if self.resize not in ("tensor", "pil"):
+            raise ValueError(f"resize must be 'tensor' or 'pil', got {self.resize!r}")
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        image = to_rgb_uint8(image)
+        if self.resize == "pil":
+            x = torch.from_numpy(np.array(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR)))
+            x = x.permute(2, 0, 1)
+        else:
+            x = torch.from_numpy(image).permute(2, 0, 1)[None]
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
+        return normalize(x.float(), IMAGENET_MEAN_255, IMAGENET_STD_255), (self.size, self.size)
+
+
+@dataclass(frozen=True)
+class LongestSideStretchView:
+    """EfficientSAM view of the official EVF-SAM code: the SAM-1 longest-side resize and normalisation,
+    then a bilinear stretch (float, no antialias) to ``size``² instead of zero padding.
+
+    Returns ``(image [3, size, size], input_size (h, w) of the longest-side resize)``.
+    """
 
     size: int = 1024
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1).float()
+        image = to_rgb_uint8(image)
+        h, w = longest_side_size(*image.shape[:2], self.size)
+        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        x = normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), IMAGENET_MEAN_255, IMAGENET_STD_255)
         x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
-        return normalize(x, IMAGENET_MEAN_255, IMAGENET_STD_255), (self.size, self.size)
+        return x, (h, w)

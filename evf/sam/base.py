@@ -57,6 +57,15 @@ class SamBackend(nn.Module):
         """Low-res logits ``[..., h, w]`` of one image -> logits at the original ``[..., H, W]`` (fp32)."""
         raise NotImplementedError
 
+    def decode_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Box prompts ``[N, 4]`` (x0, y0, x1, y1 in the backend's view pixels), one per embedding
+        (or ``N`` boxes on ONE embedding ``[1, ...]``) -> low-res logits ``[N, 1, h, w]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode box prompts")
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Every module ``embed_images`` runs; an embedding cache is valid only for their exact weights."""
+        return {"image_encoder": self.image_encoder}
+
     # -- shared behaviour ---------------------------------------------------------------------
     def freeze(self) -> None:
         """Image encoder always frozen; the rest follows the switches. Call at the end of ``__init__``."""

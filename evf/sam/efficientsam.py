@@ -1,0 +1,69 @@
+"""EfficientSAM-S / -Ti backend (paper Tab.5), on our compact module with the official state-dict keys."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
+from evf.sam.efficientsam_model import CONFIGS, EfficientSam
+from evf.transforms import LongestSideStretchView
+
+CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "")
+
+
+@SAM_BACKENDS.register("efficientsam", tiny={"variant": "toy"})
+class EfficientSamBackend(SamBackend):
+    """EfficientSAM prompted by the text token alone (it has no dense/no-mask embedding).
+
+    Args:
+        variant: ``s`` (EfficientSAM-S, paper Tab.5), ``ti`` or ``toy`` (tests).
+        checkpoint: official ``efficient_sam_vits.pt`` / ``efficient_sam_vitt.pt`` (``model`` dict) or an
+            EVF-SAM file with ``visual_model.`` keys; loaded with ``strict=True``.
+        train_prompt_encoder: accepted for a uniform Tab.6 interface; text prompts use none of
+            EfficientSAM's prompt-encoder parameters, so it has no effect on training.
+    """
+
+    def __init__(self, variant: str = "s", checkpoint: str | None = None,
+                 train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
+        super().__init__(train_prompt_encoder, train_mask_decoder)
+        if variant not in CONFIGS:
+            raise ValueError(f"unknown EfficientSAM variant {variant!r}; choose from {sorted(CONFIGS)}")
+        self.variant = variant
+        self.name = f"efficientsam_{variant}"
+        self.model = EfficientSam(CONFIGS[variant])
+        if checkpoint:
+            load_into(self.model, select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES), checkpoint)
+        self.prompt_dim = CONFIGS[variant].neck_dim
+        self.image_size = CONFIGS[variant].img_size
+        self.freeze()
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.model.image_encoder
+
+    @property
+    def image_view(self) -> LongestSideStretchView:
+        return LongestSideStretchView(self.image_size)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"prompt_encoder": self.model.prompt_encoder, "mask_decoder": self.model.mask_decoder}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+    def decode(self, embeddings: torch.Tensor, prompt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Also accepts ONE embedding ``[1, C, h, w]`` for ``N`` prompts. Output: mask token 0, as the official code."""
+        masks, iou = self.run_decoder(embeddings, prompt_tokens)
+        return masks[:, :1], iou[:, :1]
+
+    def run_decoder(self, embeddings: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(embeddings) not in (1, len(sparse)):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(sparse)} prompts: give one per prompt or one in all")
+        embeddings = embeddings.expand(len(sparse), -1, -1, -1)
+        return self.model.mask_decoder(embeddings, self.model.prompt_encoder.get_dense_pe().to(embeddings.dtype),
+                                       sparse.to(embeddings.dtype))
+
+    def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+        # the view stretched the resized image over the whole square, so no crop (official EvfEffiSam)
+        return upsample_logits(logits, original_size)

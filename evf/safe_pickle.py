@@ -1,0 +1,54 @@
+"""A restricted unpickler for data files such as RefCOCO's ``refs(unc).p``.
+
+Those files hold only lists, dicts, tuples, strings and numbers. A plain ``pickle.load`` would
+run any callable a tampered file names, so this loader refuses every global except the two
+harmless builtin containers that older protocols reach through ``find_class`` (set, frozenset).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+ALLOWED_GLOBALS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset")}
+
+
+class UnsafePickleError(ValueError):
+    """The pickle names a global (class or function) outside the allowed plain types; names the file."""
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        # Python-2 pickles (the refer toolkit's) store text as byte strings: latin1 maps them 1:1.
+        super().__init__(file, encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in ALLOWED_GLOBALS:
+            return set if name == "set" else frozenset
+        raise UnsafePickleError(
+            f"{self.source}: refusing to unpickle forbidden global '{module}.{name}' "
+            "(only lists, dicts, tuples, str, int, float, bool and None are allowed)")
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"{self.source}: refusing to unpickle a persistent id (not a plain-data pickle)")
+
+
+def load_plain_pickle(path: str | os.PathLike) -> Any:
+    """Load a pickle that may only contain plain containers and scalars; raise with the file name otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle file not found: {path}")
+    return loads_plain(path.read_bytes(), str(path))
+
+
+def loads_plain(data: bytes, source: str = "<bytes>") -> Any:
+    try:
+        return _PlainUnpickler(io.BytesIO(data), source).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{source}: not a readable pickle ({first})") from None

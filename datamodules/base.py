@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from evf.data import Preprocessor
 from evf.registry import Registry
@@ -80,8 +81,10 @@ class RefSegDataModule(L.LightningDataModule):
         return ProcessedDataset(self.raw_dataset(split), self.preprocessor, self.augmentation() if train else None)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
+        dataset = self.dataset(split, train)
         return DataLoader(
-            self.dataset(split, train), batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            sampler=None if train else eval_sampler(dataset),
             num_workers=self.num_workers, collate_fn=self.preprocessor.collate, drop_last=False,
             persistent_workers=self.num_workers > 0,
         )
@@ -94,3 +97,14 @@ class RefSegDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader(self.test_split)
+
+
+def eval_sampler(dataset: Dataset) -> Sampler | None:
+    """Under multi-process evaluation, deal sample k to rank k % world_size with no padding, so every
+    sample is counted exactly once (Lightning's DistributedSampler would repeat samples to even out
+    ranks). Being a DistributedSampler subclass, Lightning keeps it instead of injecting its own."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)

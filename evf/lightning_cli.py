@@ -1,46 +1,153 @@
-"""LightningCLI for ``evf fit|validate|test``: YAML in, every plugin chosen by ``class_path``."""
+"""LightningCLI for ``evf fit|validate|test``: YAML in, every plugin chosen by ``class_path``.
+
+Extra options (on top of LightningCLI's):
+  --run_dir DIR         everything of one run under DIR: config.yaml, TensorBoard events, csv/metrics.csv,
+                        checkpoints/ (last.ckpt, best-*.ckpt), metrics.json, predictions/*.jsonl.
+  --test_after_fit      after fit, test the best (or last) checkpoint.
+  --test_sets [...]     evaluate on several datasets/splits, each a datamodule override (see docs/training.md).
+  --metrics_file FILE   test metrics as JSON (default DIR/metrics.json with --run_dir); written atomically.
+  --save_predictions    per-sample JSONL (id, sentence, I, U, IoU) per test set (needs --run_dir).
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.base import RefSegDataModule
+from evf.io import write_text_atomic
 from evf.lightning import EVFSAMModule
+
+TEST_SET_KEYS = ("name", "class_path", "init_args")
 
 
 def format_metrics(stage: str, metrics: dict) -> str:
     def get(name):
-        value = metrics.get(f"{stage}/{name}")
+        value = metrics.get(f"{stage}/{name}", metrics.get(name))
         return float(value) if value is not None else float("nan")
 
+    samples = get("samples")
     return (f"{stage}: cIoU={get('cIoU'):.4f} gIoU={get('gIoU'):.4f} "
-            f"P@0.5={get('P@0.5'):.4f} samples={int(get('samples')) if get('samples') == get('samples') else 0}")
+            f"P@0.5={get('P@0.5'):.4f} samples={int(samples) if samples == samples else 0}")
+
+
+def default_loggers(root: str, versioned: bool) -> list[Namespace]:
+    """TensorBoard (first, so ``trainer.log_dir`` is its folder) + CSV. With a run dir, no version folders."""
+    version = {} if versioned else {"version": ""}
+    return [
+        Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                  init_args=Namespace(save_dir=root, name="tb" if versioned else "", **version)),
+        Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                  init_args=Namespace(save_dir=root, name="csv", **version)),
+    ]
+
+
+def import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "test"
 
 
 class EvfCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
-                            help="after fit, evaluate the best (or last) checkpoint on the test split")
+                            help="after fit, evaluate the best (or last) checkpoint on the test split(s)")
+        parser.add_argument("--test_sets", type=list[dict[str, Any]] | None, default=None,
+                            help="test on several datasets/splits: list of {name, class_path?, init_args?, <init arg>: value}")
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="one folder for config, logs, checkpoints and metrics of this run")
+        parser.add_argument("--metrics_file", type=str | None, default=None,
+                            help="write test metrics here as JSON (default: RUN_DIR/metrics.json)")
+        parser.add_argument("--save_predictions", type=bool, default=False,
+                            help="write per-sample results to RUN_DIR/predictions/<test set>.jsonl")
+
+    # -- config rewriting (same on every rank, before anything is built) ----------------------
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        trainer = cfg.trainer
+        run_dir = cfg.get("run_dir")
+        if run_dir:
+            trainer.default_root_dir = run_dir
+            if cfg.get("metrics_file") is None:
+                cfg.metrics_file = str(Path(run_dir) / "metrics.json")
+        if trainer.logger is None or trainer.logger is True or (run_dir and trainer.logger is not False):
+            trainer.logger = default_loggers(run_dir or trainer.default_root_dir or ".", versioned=not run_dir)
+        for callback in trainer.callbacks or []:
+            if run_dir and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+                callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")
+
+    # -- test: one or several test sets, metrics file ---------------------------------------
+    def test_datamodules(self) -> list[tuple[str, RefSegDataModule]]:
+        cfg = self.config[self.subcommand]
+        entries = cfg.get("test_sets")
+        if not entries:
+            return [(test_set_name(self.datamodule, {}), self.datamodule)]
+        data_spec = cfg.data
+        base_args = data_spec.init_args.as_dict() if isinstance(data_spec.init_args, Namespace) else dict(data_spec.init_args or {})
+        out = []
+        for entry in entries:
+            overrides = {**(entry.get("init_args") or {}), **{k: v for k, v in entry.items() if k not in TEST_SET_KEYS}}
+            class_path = entry.get("class_path")
+            if class_path and class_path != data_spec.class_path:
+                datamodule = import_class(class_path)(**overrides)
+            else:
+                datamodule = type(self.datamodule)(**{**base_args, **overrides})
+            out.append((entry.get("name") or test_set_name(datamodule, overrides), datamodule))
+        return out
+
+    def test(self, model=None, datamodule=None, ckpt_path=None, **kwargs) -> dict[str, dict[str, float]]:
+        cfg = self.config[self.subcommand]
+        model = model or self.model
+        sets = self.test_datamodules()
+        results = {}
+        for name, dm in sets:
+            if cfg.get("save_predictions") and cfg.get("run_dir"):
+                model.predictions_jsonl = str(Path(cfg.run_dir) / "predictions" / f"{slug(name)}.jsonl")
+            kwargs.pop("datamodule", None)
+            self.trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, **kwargs)
+            results[name] = dict(model.test_results)
+            if self.trainer.is_global_zero:
+                label = "test" if len(sets) == 1 and not cfg.get("test_sets") else f"test[{name}]"
+                print(format_metrics(label, results[name]), flush=True)
+        self.write_metrics(results, ckpt_path)
+        return results
+
+    def write_metrics(self, results: dict, ckpt_path) -> None:
+        cfg = self.config[self.subcommand]
+        if not cfg.get("metrics_file") or not self.trainer.is_global_zero:
+            return
+        results = {name: {k: (v if v == v else None) for k, v in m.items()} for name, m in results.items()}  # NaN -> null
+        record = {"test": results, "seed": cfg.get("seed_everything"), "checkpoint": str(ckpt_path) if ckpt_path else None,
+                  "global_step": int(self.trainer.global_step), "subcommand": self.subcommand}
+        write_text_atomic(cfg.metrics_file, json.dumps(record, indent=2) + "\n")
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         callback = self.trainer.checkpoint_callback
-        ckpt = "best" if callback is not None and getattr(callback, "best_model_path", "") else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-        self.report("test")
+        ckpt = getattr(callback, "best_model_path", "") or None if callback is not None else None
+        self.test(self.model, ckpt_path=ckpt)
 
     def after_validate(self) -> None:
-        self.report("val")
-
-    def after_test(self) -> None:
-        self.report("test")
-
-    def report(self, stage: str) -> None:
         if self.trainer.is_global_zero:
-            print(format_metrics(stage, self.trainer.callback_metrics), flush=True)
+            print(format_metrics("val", self.trainer.callback_metrics), flush=True)
+
+
+def test_set_name(datamodule: RefSegDataModule, overrides: dict) -> str:
+    """``<dataset>/<split>``: the datamodule's ``dataset`` argument (e.g. refcoco+) or its class name."""
+    dataset = overrides.get("dataset") or getattr(datamodule, "dataset_name", None)
+    if not isinstance(dataset, str):
+        dataset = re.sub(r"(Ref)?DataModule$", "", type(datamodule).__name__).lower() or "data"
+    return f"{dataset}/{datamodule.test_split}"
 
 
 def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:

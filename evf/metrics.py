@@ -5,15 +5,23 @@
 - P@t = fraction of samples with IoU > t, for t in 0.5 … 0.9.
 - no-target accuracy (gRefCOCO-style data): among samples whose target is empty, the fraction
   predicted empty; ``nan`` when the split has none.
+- samples = how many samples were counted (every sample exactly once, however many processes).
+
+Exactness across process counts: I and U are integer pixel counts summed in float64 (exact below
+2**53), the P@t and no-target states are counts, and gIoU is an exactly rounded sum (``math.fsum``)
+of the gathered per-sample IoUs, so the result does not depend on how samples were split or ordered.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+COUNT_STATES = ("inter", "union", "count", "no_target", "no_target_correct")
 
 
 def intersection_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,41 +36,50 @@ def sample_iou(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def per_sample(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-sample intersection, union and IoU as float64 ``[N, 3]``."""
+    rows = [torch.stack([i, u, sample_iou(i, u)]) for i, u in
+            (intersection_union(p, t) for p, t in zip(preds, targets, strict=True))]
+    return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+
+
 class ReferringSegmentationMetrics(Metric):
     full_state_update = False
     higher_is_better = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        for name in ("inter", "union", "iou_sum", "count", "no_target", "no_target_correct"):
+        for name in COUNT_STATES:
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hits", default=torch.zeros(len(PRECISION_THRESHOLDS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("ious", default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Boolean masks per sample (sizes may differ between samples); returns the per-sample I, U, IoU ``[N, 3]``."""
-        rows = []
-        for pred, target in zip(preds, targets, strict=True):
-            i, u = intersection_union(pred, target)
-            iou = sample_iou(i, u)
+    def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
+        """Boolean masks per sample (sizes may differ between samples)."""
+        rows = per_sample(preds, targets).to(self.hits.device)
+        thresholds = torch.tensor(PRECISION_THRESHOLDS, dtype=torch.float64, device=self.hits.device)
+        for (i, u, iou), target, pred in zip(rows, targets, preds):
             self.inter += i
             self.union += u
-            self.iou_sum += iou
             self.count += 1
-            self.hits += (iou > torch.tensor(PRECISION_THRESHOLDS, dtype=torch.float64, device=iou.device)).double()
+            self.hits += (iou > thresholds).double()
             if not target.any():
                 self.no_target += 1
                 self.no_target_correct += float(not pred.any())
-            rows.append(torch.stack([i, u, iou]))
-        return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+        self.ious.append(rows[:, 2])
 
     def compute(self) -> dict[str, torch.Tensor]:
-        count = self.count.clamp(min=1)
+        """Scalar float64 tensors: cIoU, gIoU, P@0.5 … P@0.9, no_target_acc, samples."""
+        ious = dim_zero_cat(self.ious) if isinstance(self.ious, torch.Tensor) or self.ious else torch.zeros(0)
+        count = max(float(self.count), 1.0)
+        f64 = dict(dtype=torch.float64, device=self.count.device)
         out = {
-            "cIoU": torch.where(self.union > 0, self.inter / self.union.clamp(min=1), torch.ones_like(self.union)),
-            "gIoU": self.iou_sum / count,
+            "cIoU": self.inter / self.union if self.union > 0 else torch.tensor(1.0, **f64),
+            "gIoU": torch.tensor(math.fsum(ious.double().tolist()) / count, **f64),
         }
         for t, hits in zip(PRECISION_THRESHOLDS, self.hits):
             out[f"P@{t}"] = hits / count
-        out["no_target_acc"] = self.no_target_correct / self.no_target if self.no_target > 0 else torch.tensor(float("nan"))
-        out["samples"] = self.count
-        return {k: v.float() for k, v in out.items()}
+        nan = torch.tensor(float("nan"), **f64)
+        out["no_target_acc"] = self.no_target_correct / self.no_target if self.no_target > 0 else nan
+        out["samples"] = self.count.clone()
+        return out

@@ -152,7 +152,9 @@ def test_set_name(datamodule: RefSegDataModule, overrides: dict) -> str:
 
 def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:
     torch.set_float32_matmul_precision("high")
+    # LightningCLI warns when given args that merely repeat the command line: pass None then.
+    args = None if list(argv) == sys.argv[1:] else list(argv)
     return EvfCLI(
-        EVFSAMModule, RefSegDataModule, subclass_mode_data=True, args=list(argv),
+        EVFSAMModule, RefSegDataModule, subclass_mode_data=True, args=args,
         save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"},
     )

@@ -43,12 +43,14 @@ class RefSegDataModule(L.LightningDataModule):
         batch_size: training batch per process (paper: 16). eval_batch_size defaults to it.
         num_workers: dataloader workers.
         val_split / test_split: which splits ``validate`` and ``test`` read.
+        embedding_cache: folder written by ``evf cache``; splits it covers read the frozen SAM image
+            embeddings from it instead of running the image encoder (validated against the model).
     """
 
     train_split = "train"
 
     def __init__(self, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 val_split: str = "val", test_split: str = "test"):
+                 val_split: str = "val", test_split: str = "test", embedding_cache: str | None = None):
         super().__init__()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -56,6 +58,8 @@ class RefSegDataModule(L.LightningDataModule):
         self.val_split = val_split
         self.test_split = test_split
         self.preprocessor: Preprocessor | None = None
+        self.embedding_cache = embedding_cache
+        self.cache = None  # evf.cache.EmbeddingCache once attached
 
     def raw_dataset(self, split: str) -> Dataset:
         raise NotImplementedError
@@ -64,8 +68,18 @@ class RefSegDataModule(L.LightningDataModule):
         """Train-time augmentation of raw samples (image and mask together); none by default."""
         return None
 
-    def attach(self, preprocessor: Preprocessor) -> "RefSegDataModule":
+    @property
+    def geometric_augmentation(self) -> bool:
+        """True if ``augmentation()`` moves pixels (crop, affine, flip): SAM's view is then not fixed."""
+        return False
+
+    def attach(self, preprocessor: Preprocessor, sam=None) -> "RefSegDataModule":
+        """``sam`` (the model's SAM backend) is needed only to validate an ``embedding_cache``."""
         self.preprocessor = preprocessor
+        if self.embedding_cache:
+            from evf.cache import EmbeddingCache
+
+            self.cache = EmbeddingCache(self.embedding_cache).check(sam, self.geometric_augmentation)
         return self
 
     def setup(self, stage: str | None = None) -> None:
@@ -73,12 +87,16 @@ class RefSegDataModule(L.LightningDataModule):
             trainer = getattr(self, "trainer", None)
             if trainer is None or trainer.lightning_module is None:
                 raise RuntimeError(f"{type(self).__name__} needs a preprocessor: call attach(model.preprocessor()) first")
-            self.attach(trainer.lightning_module.model.preprocessor())
+            model = trainer.lightning_module.model
+            self.attach(model.preprocessor(), sam=model.sam)
 
     def dataset(self, split: str, train: bool = False) -> ProcessedDataset:
         if self.preprocessor is None:
             self.setup()
-        return ProcessedDataset(self.raw_dataset(split), self.preprocessor, self.augmentation() if train else None)
+        preprocessor = self.preprocessor
+        if self.cache is not None and split in self.cache.splits:
+            preprocessor = self.cache.preprocessor(preprocessor)
+        return ProcessedDataset(self.raw_dataset(split), preprocessor, self.augmentation() if train else None)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self.dataset(split, train)

@@ -1,0 +1,86 @@
+"""``evf cache``: precompute the frozen SAM image embeddings of dataset split(s) once.
+
+    evf cache --config experiments/base.yaml --config experiments/ablations/x.yaml --split train --out cache/x
+
+The model and datamodule are built from the same YAML files as ``evf fit`` (only their ``model:``,
+``data:`` and ``seed_everything:`` sections are read). Train with the cache by adding
+``data.init_args.embedding_cache: cache/x`` (it is validated against the model at setup).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from evf.cli import UserError
+
+READ_SECTIONS = ("model", "data", "seed_everything")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = OneLineParser(prog="evf cache", description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", required=True, help="experiment YAML; repeat to layer overrides")
+    p.add_argument("--split", action="append", help="split(s) to embed (default: the datamodule's train split)")
+    p.add_argument("--out", required=True, help="cache folder (created; an older cache there is replaced)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per image-encoder call")
+    p.add_argument("--shard-size", type=int, default=256, help="images per safetensors shard")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="storage dtype (float32 reproduces the uncached run exactly)")
+    p.add_argument("--device", default=None, help="torch device for the image encoder (default: cuda if available)")
+    return p.parse_args(argv)
+
+
+def build_from_configs(paths: Sequence[str]):
+    """(``EVFSAM``, datamodule) from layered LightningCLI YAML files, seeded as ``evf fit`` seeds them."""
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import seed_everything
+
+    from datamodules.base import RefSegDataModule
+    from evf.lightning import EVFSAMModule
+
+    parser = ArgumentParser(exit_on_error=False, parser_mode="omegaconf")
+    parser.add_argument("--seed_everything", type=int | bool | None, default=True)
+    parser.add_class_arguments(EVFSAMModule, "model", fail_untyped=False)
+    parser.add_subclass_arguments(RefSegDataModule, "data", fail_untyped=False, required=True)
+    cfg = None
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            section = {k: data[k] for k in READ_SECTIONS if k in data}
+            cfg = parser.parse_object(section, cfg_base=cfg, defaults=cfg is None)
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # jsonargparse reports unknown keys / bad types as ArgumentError
+            raise UserError(f"config {path}: {' '.join(str(exc).split())[:300]}") from None
+    seed = cfg.seed_everything
+    if seed is not False:
+        seed_everything(seed if isinstance(seed, int) and not isinstance(seed, bool) else None, workers=True)
+    objects = parser.instantiate_classes(cfg)
+    return objects.model.model, objects.data
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from evf.cache import build_cache
+
+    model, datamodule = build_from_configs(args.config)
+    splits = args.split or [datamodule.train_split]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sam = model.sam.to(device)
+    datasets = {split: datamodule.raw_dataset(split) for split in splits}
+    cache = build_cache(sam, datasets, args.out, batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype)
+    size = sum((Path(args.out) / s).stat().st_size for s in cache.shards)
+    print(f"evf cache: {len(cache)} image embeddings ({size / 2**20:.1f} MiB, {len(cache.shards)} shard(s), "
+          f"splits {', '.join(splits)}) for {sam.name} -> {args.out}")
+    print(f"train with it: data.init_args.embedding_cache: {args.out}")
+    return 0

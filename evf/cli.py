@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(text) > 1 and text[0].endswith(":"):  # e.g. "Error(s) in loading state_dict for X:" + the detail
+        return f"{text[0]} {text[1]}"[:400]
     return text[0] if text else type(exc).__name__
 
 

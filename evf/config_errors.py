@@ -1,0 +1,69 @@
+"""Turn jsonargparse's multi-line config errors into one line that names the bad key and the nearest valid one."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from typing import Iterable
+
+FLAT_UNKNOWN = re.compile(r"does not accept option '([^']+)'")
+NESTED_UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
+CLASS_PATH = re.compile(r"class_path '([\w.]+)'")
+PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+class ConfigError(ValueError):
+    """A YAML/command-line configuration problem (the CLI prints it as one line, exit 2)."""
+
+
+def parser_keys(parser) -> list[str]:
+    """Every option key a (jsonargparse) parser and its subcommand parsers accept, without the subcommand."""
+    keys = []
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict) and all(hasattr(p, "_actions") for p in choices.values()):
+            for sub in choices.values():
+                keys += parser_keys(sub)
+        elif action.dest and not action.dest.endswith(".help") and action.dest != "help":
+            keys.append(action.dest)
+    return sorted(set(keys))
+
+
+def class_arguments(class_path: str) -> list[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def nearest(name: str, candidates: Iterable[str]) -> str | None:
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def explain_config_error(message: str, known_keys: Iterable[str] = ()) -> str:
+    """One line: ``unknown config key 'model.warmup_step' (did you mean 'model.warmup_steps'?)``.
+
+    Messages that are not about an unknown key are flattened to their first 300 characters.
+    """
+    flat = FLAT_UNKNOWN.search(message)
+    if flat:
+        key = flat.group(1)
+        guess = nearest(key, known_keys)
+        return f"unknown config key '{key}'" + (f" (did you mean '{guess}'?)" if guess else "")
+    nested = NESTED_UNKNOWN.search(message)
+    if nested:
+        option = nested.group(1)
+        before = message[: nested.start()]
+        classes = CLASS_PATH.findall(before)
+        where = ".".join(PARSER_KEY.findall(before))
+        owner = classes[-1] if classes else None
+        guess = nearest(option, class_arguments(owner)) if owner else None
+        text = f"unknown config key '{option}'" + (f" under '{where}'" if where else "")
+        hints = ([f"{owner} has no such argument"] if owner else []) + ([f"did you mean '{guess}'?"] if guess else [])
+        return text + (f" ({'; '.join(hints)})" if hints else "")
+    return " ".join(message.split())[:300]

@@ -101,6 +101,21 @@ class Sam1Backend(SamBackend):
             iou.append(s)
         return torch.cat(logits), torch.cat(iou)
 
+    def decode_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Box prompts ``[N, 4]`` as ``(x0, y0, x1, y1)`` in the SAM view's pixels, ``N`` boxes on ONE embedding
+        ``[1, ...]`` or one box per embedding ``[N, ...]`` -> low-res logits ``[N, 1, h, w]`` (single-mask output)."""
+        image_pe = self.model.prompt_encoder.get_dense_pe()
+        groups = [(embeddings, boxes)] if len(embeddings) == 1 else zip(embeddings[:, None], boxes[:, None])
+        logits = []
+        for emb, box in groups:  # the decoder repeats ONE embedding over all prompts it is given
+            sparse, dense = self.model.prompt_encoder(points=None, boxes=box.to(emb), masks=None)
+            m, _ = self.model.mask_decoder(
+                image_embeddings=emb, image_pe=image_pe, sparse_prompt_embeddings=sparse.to(emb.dtype),
+                dense_prompt_embeddings=dense.to(emb.dtype), multimask_output=False,
+            )
+            logits.append(m)
+        return torch.cat(logits)
+
     def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
         h, w = int(input_size[0]), int(input_size[1])
         x = upsample_logits(logits, (self.image_size, self.image_size))[..., :h, :w]

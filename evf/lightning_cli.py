@@ -14,6 +14,7 @@ import importlib
 import json
 import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,6 +60,15 @@ def slug(name: str) -> str:
 
 
 class EvfCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        # one line naming the bad key (+ the nearest valid one) instead of jsonargparse's usage dump
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as exc:
+            from evf.config_errors import ConfigError, explain_config_error, parser_keys
+
+            raise ConfigError(explain_config_error(str(exc), parser_keys(parser))) from None
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, evaluate the best (or last) checkpoint on the test split(s)")
@@ -82,9 +92,14 @@ class EvfCLI(LightningCLI):
                 cfg.metrics_file = str(Path(run_dir) / "metrics.json")
         if trainer.logger is None or trainer.logger is True or (run_dir and trainer.logger is not False):
             trainer.logger = default_loggers(run_dir or trainer.default_root_dir or ".", versioned=not run_dir)
-        for callback in trainer.callbacks or []:
-            if run_dir and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+        if run_dir:  # checkpoints where `--ckpt_path last` finds them, always with a last.ckpt to resume from
+            checkpoints = [c for c in trainer.callbacks or [] if str(c.get("class_path", "")).endswith("ModelCheckpoint")]
+            if not checkpoints and trainer.enable_checkpointing is not False:
+                checkpoints = [Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace())]
+                trainer.callbacks = [*(trainer.callbacks or []), *checkpoints]
+            for callback in checkpoints:
                 callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")
+                callback.init_args.save_last = callback.init_args.get("save_last") or True
 
     # -- test: one or several test sets, metrics file ---------------------------------------
     def test_datamodules(self) -> list[tuple[str, RefSegDataModule]]:
@@ -157,5 +172,5 @@ def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:
     args = None if list(argv) == sys.argv[1:] else list(argv)
     return EvfCLI(
         EVFSAMModule, RefSegDataModule, subclass_mode_data=True, args=args,
-        save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
     )

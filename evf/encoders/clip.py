@@ -95,9 +95,10 @@ class ClipEncoder(MultimodalEncoder):
         cfg = clip_config(model)
         self.context_length = cfg["text_cfg"].get("context_length", 77)
         self.image_size = cfg["vision_cfg"].get("image_size", 224)
+        state = select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES) if checkpoint else None
         self.clip = CLIP(**cfg)
-        if checkpoint:
-            load_into(self.clip, select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES), checkpoint)
+        if state is not None:
+            load_into(self.clip, state, checkpoint)
         if mode == "text":
             self.clip.visual = None  # never run: frees the 300M-630M image-tower parameters
         embed_dim = cfg["embed_dim"]

@@ -91,15 +91,15 @@ class ViltEncoder(MultimodalEncoder):
             if not Path(pretrained, "config.json").is_file():
                 raise CheckpointError(f"no config.json in {pretrained}: not a ViLT folder")
             config = ViltConfig.from_pretrained(pretrained)
+            weights = next((Path(pretrained, f) for f in WEIGHT_FILES if Path(pretrained, f).is_file()), None)
+            if weights is None:
+                raise CheckpointError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {pretrained}")
         elif size in ("base", "tiny"):
             config = ViltConfig(**(TINY_VILT if size == "tiny" else {}))
         else:
             raise ValueError(f"unknown ViLT size {size!r}; choose from ['base', 'tiny']")
         self.vilt = ViltModel(config)
         if pretrained:
-            weights = next((Path(pretrained, f) for f in WEIGHT_FILES if Path(pretrained, f).is_file()), None)
-            if weights is None:
-                raise CheckpointError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {pretrained}")
             load_into(self.vilt, select_prefix(load_state_dict(weights), CHECKPOINT_PREFIXES), str(weights))
         self.tokenizer_path = tokenizer or pretrained
         self.max_text_length = min(max_text_length, config.max_position_embeddings)

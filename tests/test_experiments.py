@@ -1,0 +1,147 @@
+"""Every experiments/ablations/*.yaml, layered on experiments/base.yaml: parses with --print_config,
+resolves to the paper row it names, and trains one step once its weights are swapped for tiny ones."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evf.cli import main
+from evf.registry import Registry
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "experiments" / "base.yaml"
+ROWS = sorted((ROOT / "experiments" / "ablations").glob("*.yaml"))
+ROW_IDS = [p.stem for p in ROWS]
+
+# Encoder rows of the paper -> (encoder class, arguments the resolved config must hold).
+CLIP_L_OPENAI = {"model": "ViT-L-14-quickgelu", "checkpoint": "weights/clip_vit_l14_openai.bin"}
+CLIP_L_LAION = {"model": "ViT-L-14", "checkpoint": "weights/clip_vit_l14_laion2b.bin"}
+CLIP_H_LAION = {"model": "ViT-H-14", "checkpoint": "weights/clip_vit_h14_laion2b.bin"}
+VILT = {"pretrained": "weights/vilt-b32-mlm", "tokenizer": None}
+BEIT3_L = {"size": "large", "feature": None, "depth": None}
+ENCODER_ROWS = {
+    "tab4_clip_l_openai_text": ("ClipEncoder", {**CLIP_L_OPENAI, "mode": "text"}),
+    "tab4_clip_l_openai_late": ("ClipEncoder", {**CLIP_L_OPENAI, "mode": "late"}),
+    "tab4_clip_l_laion2b_text": ("ClipEncoder", {**CLIP_L_LAION, "mode": "text"}),
+    "tab4_clip_l_laion2b_late": ("ClipEncoder", {**CLIP_L_LAION, "mode": "late"}),
+    "tab4_clip_h_laion2b_text": ("ClipEncoder", {**CLIP_H_LAION, "mode": "text"}),
+    "tab4_clip_h_laion2b_late": ("ClipEncoder", {**CLIP_H_LAION, "mode": "late"}),
+    "tab4_vilt_text": ("ViltEncoder", {**VILT, "mode": "text"}),
+    "tab4_vilt_late": ("ViltEncoder", {**VILT, "mode": "late"}),
+    "tab4_vilt_early": ("ViltEncoder", {**VILT, "mode": "early"}),
+    "tab4_beit3_text": ("Beit3Encoder", {**BEIT3_L, "mode": "text"}),
+    "tab4_beit3_late": ("Beit3Encoder", {**BEIT3_L, "mode": "late"}),
+    "tab4_beit3_early_l1-12": ("Beit3Encoder", {**BEIT3_L, "mode": "early", "depth": 12}),
+    "tab4_beit3_early_l1-24": ("Beit3Encoder", {**BEIT3_L, "mode": "early"}),
+    "tab5_clip_l_sam_h": ("ClipEncoder", {**CLIP_L_OPENAI, "mode": "text"}),
+    "tab5_vilt_sam_h": ("ViltEncoder", {**VILT, "mode": "early"}),
+    "tab5_beit3_b_sam_h": ("Beit3Encoder", {"size": "base", "mode": "early", "checkpoint": "weights/beit3_base_itc_patch16_224.pth"}),
+    "tab12_text_cls": ("Beit3Encoder", {**BEIT3_L, "mode": "early", "feature": "text_cls"}),
+    "tab12_image_cls": ("Beit3Encoder", {**BEIT3_L, "mode": "early", "feature": "image_cls"}),
+    "tab12_image_avg": ("Beit3Encoder", {**BEIT3_L, "mode": "early", "feature": "image_avg"}),
+    "tab12_concat_cls": ("Beit3Encoder", {**BEIT3_L, "mode": "early", "feature": "concat_cls"}),
+}
+ENCODER_KEEP = ("mode", "feature", "depth")  # what a row means; everything else becomes the tiny variant
+
+
+def resolved(row: Path, capsys) -> dict:
+    """The config ``evf fit --config base.yaml --config <row> --print_config`` resolves to."""
+    capsys.readouterr()
+    assert main(["fit", "--config", str(BASE), "--config", str(row), "--print_config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def import_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def registry_entry(registry: Registry, cls: type):
+    entries = [e for e in registry.entries.values() if e.cls is cls]
+    assert entries, f"{cls.__name__} is not registered in {registry.slot!r}: no tiny variant to test the row with"
+    return entries[0]
+
+
+def tiny_encoder(spec: dict) -> dict:
+    from evf.encoders import ENCODERS, Beit3Encoder
+    from evf.encoders.beit3_model import beit3_config
+
+    cls = import_class(spec["class_path"])
+    args = {k: v for k, v in spec.get("init_args", {}).items() if k in ENCODER_KEEP and v is not None}
+    tiny = registry_entry(ENCODERS, cls).tiny
+    if cls is Beit3Encoder and "depth" in args:  # keep the fraction of layers run ("L1-L12" of 24 = half)
+        full, small = beit3_config(spec["init_args"]["size"]).depth, beit3_config(tiny["size"]).depth
+        args["depth"] = max(1, round(args["depth"] * small / full))
+    return {"class_path": spec["class_path"], "init_args": {**args, **tiny}}
+
+
+def tiny_sam(spec: dict) -> dict:
+    from evf.sam import SAM_BACKENDS
+
+    switches = {k: v for k, v in spec.get("init_args", {}).items() if isinstance(v, bool)}  # Tab.6 trainable flags
+    return {"class_path": spec["class_path"], "init_args": {**switches, **registry_entry(SAM_BACKENDS, import_class(spec["class_path"])).tiny}}
+
+
+def tiny_config(config: dict, root: Path) -> dict:
+    from datamodules import DATAMODULES
+
+    net = config["model"]["model"]["init_args"]
+    net["encoder"] = tiny_encoder(net["encoder"])
+    net["sam"] = tiny_sam(net["sam"])
+    config["data"] = {"class_path": "datamodules.SyntheticRefDataModule",
+                      "init_args": {**DATAMODULES.get("synthetic").tiny, "num_workers": 0}}
+    config["trainer"].update(accelerator="cpu", devices=1, precision="32-true", fast_dev_run=1, logger=False,
+                             callbacks=None, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=str(root))
+    config["test_after_fit"] = False
+    return config
+
+
+def test_every_paper_row_has_its_file():
+    assert set(ENCODER_ROWS) <= set(ROW_IDS), f"missing: {sorted(set(ENCODER_ROWS) - set(ROW_IDS))}"
+    assert sum(r.startswith("tab4_") for r in ENCODER_ROWS) == 13 and sum(r.startswith("tab12_") for r in ENCODER_ROWS) == 4
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_print_config_resolves_to_the_row(row, capsys):
+    config = resolved(row, capsys)
+    base = yaml.safe_load(BASE.read_text())
+    override = yaml.safe_load(row.read_text()) or {}
+    net = config["model"]["model"]["init_args"]
+    for slot in ("encoder", "sam"):  # a row that swaps a plugin class must not inherit the old class's arguments
+        net_override = (override.get("model") or {}).get("model") or {}
+        given = net_override.get(slot) or (net_override.get("init_args") or {}).get(slot) or {}
+        if given.get("class_path", base["model"]["model"][slot]["class_path"]) == base["model"]["model"][slot]["class_path"]:
+            continue
+        defaults = inspect.signature(import_class(given["class_path"]).__init__).parameters
+        leaked = {k: v for k, v in net[slot]["init_args"].items()
+                  if k not in (given.get("init_args") or {}) and v != defaults[k].default}
+        assert not leaked, f"{row.name} inherits {leaked} from base.yaml's {slot}; spell them out in the row"
+    if row.stem in ENCODER_ROWS:
+        cls_name, expected = ENCODER_ROWS[row.stem]
+        assert net["encoder"]["class_path"] == f"evf.encoders.{cls_name}"
+        assert {k: net["encoder"]["init_args"].get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_row_trains_one_step_with_tiny_weights(row, capsys, tmp_path):
+    from evf.lightning_cli import run_lightning_cli
+
+    config = tiny_config(resolved(row, capsys), tmp_path)
+    tiny_file = tmp_path / "tiny.yaml"
+    tiny_file.write_text(yaml.safe_dump(config))
+    cli = run_lightning_cli(["fit", "--config", str(tiny_file)])
+    assert cli.trainer.global_step == 1
+    spec = config["model"]["model"]["init_args"]["encoder"]
+    encoder = cli.model.model.encoder
+    assert type(encoder) is import_class(spec["class_path"])
+    for key, value in spec["init_args"].items():
+        if key in ENCODER_KEEP:
+            assert getattr(encoder, key) == value, key
+    assert cli.trainer.callback_metrics["train/loss"].isfinite()

@@ -117,3 +117,35 @@ def test_save_heatmaps_writes_overlays(encoder, rgb_image, tmp_path):
     assert overlay.shape == rgb_image.shape and not np.array_equal(overlay, rgb_image)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "attention.npy"), maps)
     assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def test_cli_release_folder_matches_api(tmp_path, capsys):
+    from evf.cli import main
+    from evf.model import EVFSAM
+    from tests.tiny_artifacts import write_image, write_release_folder
+
+    release = write_release_folder(tmp_path / "release")
+    image_path = write_image(tmp_path / "img.png")
+    out = tmp_path / "maps"
+    argv = ["attention", "--checkpoint", str(release), "--image", str(image_path), "--prompt", "the red square",
+            "--out", str(out), "--query", "text:1", "--layers", "2"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["attention.npy", "layer02.png"]
+    assert str(out / "layer02.png") in capsys.readouterr().out
+    expected = attention_maps(EVFSAM.from_pretrained(release).eval(), read_image(image_path), "the red square", "text:1", [2])
+    np.testing.assert_allclose(np.load(out / "attention.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [(["--query", "pixel"], "query must be"),
+                                            (["--layers", "7"], "within 1..2")])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, extra, message):
+    from evf.cli import main
+    from tests.tiny_artifacts import write_image, write_release_folder
+
+    release = write_release_folder(tmp_path / "release")
+    argv = ["attention", "--checkpoint", str(release), "--image", str(write_image(tmp_path / "img.png")),
+            "--prompt", "the square", "--out", str(tmp_path / "maps"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("evf: error:") and message in err[0]

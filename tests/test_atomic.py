@@ -1,0 +1,216 @@
+"""Atomic outputs: a killed writer never leaves a corrupt file under the final name.
+
+1. A subprocess writes a large file through ``evf.io.atomic_path`` and is SIGKILLed mid-write:
+   the previous file is intact and nothing else carries the final name.
+2. Lightning's checkpoint writer serialises fully in memory before touching the file.
+3. A source scan: every file write in the package (predictions, caches, tables, metrics,
+   checkpoints) happens inside ``with atomic_path(...)`` (or a helper built on it).
+"""
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from evf.io import atomic_path, save_png_atomic, write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+SCANNED = ("evf", "datamodules")
+
+# Files whose writes are not run outputs: the atomic helpers themselves, and writers of fake
+# datasets for tests (their output is regenerated, never trusted across runs).
+WRITE_ALLOWED = {
+    "evf/io.py": "defines the atomic helpers",
+}
+WRITE_ALLOWED_PREFIXES = ("datamodules/testing/",)
+
+SLOW_WRITER = textwrap.dedent("""
+    import sys, time
+    from evf.io import atomic_path
+    with atomic_path(sys.argv[1]) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"N" * (1 << 20))
+            f.flush()
+            print("started", flush=True)
+            for _ in range(600):  # ~60 s of slow writing: the parent kills us long before
+                f.write(b"N" * (1 << 16))
+                f.flush()
+                time.sleep(0.1)
+    print("finished", flush=True)
+""")
+
+
+def test_sigkill_mid_write_keeps_old_file(tmp_path):
+    target = tmp_path / "cache.bin"
+    target.write_bytes(b"previous complete version")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        temps = list(tmp_path.glob(".cache.bin.*.tmp"))
+        assert len(temps) == 1 and temps[0].stat().st_size >= 1 << 20  # the writer really is mid-way
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"previous complete version"
+    # what the kill left is only the hidden temporary, never something under the final name
+    assert {p.name for p in tmp_path.iterdir()} - {"cache.bin"} == {temps[0].name}
+
+
+def test_sigkill_without_old_file_leaves_no_final_file(tmp_path):
+    target = tmp_path / "table.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not target.exists()
+
+
+def test_exception_mid_write_keeps_old_file_and_cleans_up(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_text_atomic(target, '{"cIoU": 0.5}')
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"cIoU": 0.')
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == '{"cIoU": 0.5}'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_png_helper_replaces_atomically(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    target = tmp_path / "mask.png"
+    save_png_atomic(target, np.zeros((4, 5), np.uint8))
+    save_png_atomic(target, np.full((4, 5), 255, np.uint8))
+    with Image.open(target) as im:
+        assert np.array(im).min() == 255
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+
+
+def test_lightning_checkpoint_save_failure_keeps_old_checkpoint(tmp_path):
+    """Lightning serialises the whole checkpoint into memory before opening the file, so a failure
+    while serialising never truncates the previous checkpoint (the final move is a rename when the
+    temp dir and the checkpoint dir share a filesystem; see docs/errors.md)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    io = TorchCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    before = target.read_bytes()
+    with pytest.raises(Exception):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: None}, target)  # unpicklable
+    assert target.read_bytes() == before
+    assert torch.load(target, weights_only=True)["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+# -- source scan --------------------------------------------------------------------------------
+WRITE_METHODS = {"write_text", "write_bytes", "save", "savez", "savez_compressed", "save_file", "to_csv", "to_json"}
+WRITE_FUNCTIONS = {"torch.save", "numpy.save", "numpy.savez", "numpy.savez_compressed", "safetensors.torch.save_file"}
+
+
+def opens_for_writing(call: ast.Call) -> bool:
+    """``open(path, "w"/"wb"/"x")``; append mode is a log, which never replaces a finished output."""
+    mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+    return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and any(c in mode.value for c in "wx")
+
+
+def written_path(call: ast.Call) -> str | None:
+    """Source text of the path a write call targets (``tmp`` in ``tmp.write_text(..)`` or ``open(tmp, 'w')``)."""
+    if isinstance(call.func, ast.Attribute) and call.func.attr in ("write_text", "write_bytes"):
+        return ast.unparse(call.func.value)
+    return ast.unparse(call.args[0]) if call.args else None
+
+
+def renamed_into_place(call: ast.Call, function: ast.AST | None) -> bool:
+    """A hand-rolled temp file: the same path is later given to ``os.replace``/``os.rename`` in the function."""
+    target = written_path(call)
+    if function is None or target is None:
+        return False
+    return any(isinstance(n, ast.Call) and ast.unparse(n.func) in ("os.replace", "os.rename")
+               and n.args and ast.unparse(n.args[0]) == target for n in ast.walk(function))
+
+
+def is_atomic_block(node: ast.AST) -> bool:
+    if not isinstance(node, (ast.With, ast.AsyncWith)):
+        return False
+    for item in node.items:
+        func = item.context_expr.func if isinstance(item.context_expr, ast.Call) else None
+        name = getattr(func, "attr", None) or getattr(func, "id", None)
+        if name and "atomic" in name:
+            return True
+    return False
+
+
+def non_atomic_writes(source: str, filename: str) -> list[str]:
+    """``file:line: call`` for each write that is not inside a ``with atomic_path(...)`` block."""
+    tree = ast.parse(source, filename)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        writes = (name == "open" and isinstance(func, ast.Name) and opens_for_writing(node)) or \
+                 (name == "open" and isinstance(func, ast.Attribute) and opens_for_writing(node)) or \
+                 (isinstance(func, ast.Attribute) and name in WRITE_METHODS and (node.args or node.keywords)) or \
+                 (isinstance(func, ast.Name) and name in {"save_file"})
+        if not writes:
+            continue
+        ancestor, function = parents.get(node), None
+        while ancestor is not None and not is_atomic_block(ancestor):
+            if function is None and isinstance(ancestor, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                function = ancestor
+            ancestor = parents.get(ancestor)
+        if ancestor is None and not renamed_into_place(node, function):
+            problems.append(f"{filename}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return problems
+
+
+def test_package_writes_outputs_atomically():
+    files = sorted(p for folder in SCANNED for p in (REPO / folder).rglob("*.py"))
+    offenders = []
+    for path in files:
+        rel = path.relative_to(REPO).as_posix()
+        if rel in WRITE_ALLOWED or rel.startswith(WRITE_ALLOWED_PREFIXES):
+            continue
+        offenders += non_atomic_writes(path.read_text(encoding="utf-8"), rel)
+    assert not offenders, "writes outside evf.io.atomic_path:\n" + "\n".join(offenders)
+
+
+def test_known_output_writers_use_the_atomic_helpers():
+    """Predictions, result tables, metrics and caches go through evf.io's helpers."""
+    writers = {"evf/commands/predict.py": "save_png_atomic", "evf/lightning_cli.py": "write_text_atomic",
+               "evf/lightning.py": "atomic_path"}
+    for rel in ("evf/cache.py", "evf/results.py", "evf/attention.py"):  # written in parallel: checked once present
+        if (REPO / rel).is_file():
+            writers[rel] = "atomic"
+    for rel, helper in writers.items():
+        assert helper in (REPO / rel).read_text(encoding="utf-8"), f"{rel} does not use {helper}"
+
+
+@pytest.mark.parametrize("snippet, count", [
+    ("open('x', 'w').write('a')", 1),
+    ("from pathlib import Path\nPath('x').write_text('a')", 1),
+    ("import torch\ntorch.save({}, 'x.pt')", 1),
+    ("import numpy as np\nnp.save('x.npy', a)", 1),
+    ("from evf.io import atomic_path\nwith atomic_path('x') as tmp:\n    tmp.write_text('a')\n    torch.save({}, tmp)", 0),
+    ("open('x').read()\nopen('x', 'rb').read()\nopen('log.txt', 'a')", 0),
+    ("import os\ndef f(p):\n    tmp = p + '.tmp'\n    open(tmp, 'w').write('a')\n    os.replace(tmp, p)", 0),
+    ("import os\ndef f(p):\n    tmp = p + '.tmp'\n    open(p, 'w').write('a')\n    os.replace(tmp, p)", 1),
+])
+def test_write_scanner(snippet, count):
+    assert len(non_atomic_writes(snippet, "evf/example.py")) == count

@@ -335,3 +335,28 @@ def test_tab5_whole_model_parameter_counts(sam, paper):
     with torch.device("meta"):
         model = EVFSAM(Beit3Encoder(size="large"), sam())
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(paper, rel=0.02)
+
+
+# -- experiment files -------------------------------------------------------------------------
+TAB6 = {"tab6_decoder_only": (False, False, True), "tab6_encoder_only": (True, False, False),
+        "tab6_encoder_decoder": (True, False, True), "tab6_all": (True, True, True)}
+TAB5_SAM = {"tab5_beit3_l_efficientsam_s": ("EfficientSamBackend", {"variant": "s"}),
+            "tab5_beit3_l_sam_h": ("Sam1Backend", {"variant": "vit_h"}),
+            "tab5_beit3_l_sam2_l": ("Sam2Backend", {"variant": "large", "version": "2.0"})}
+
+
+@pytest.mark.parametrize("row", [*TAB6, *TAB5_SAM])
+def test_tab5_tab6_rows_set_their_paper_row(row):
+    """tests/test_experiments.py checks that every row resolves on base.yaml and trains; here: what each row means."""
+    import yaml
+
+    net = yaml.safe_load(open(f"experiments/ablations/{row}.yaml"))["model"]["model"]
+    sam = net["sam"]
+    if row in TAB6:  # only the three switches change
+        assert set(net) == {"train_encoder", "sam"} and set(sam) == {"init_args"}
+        flags = (net["train_encoder"], sam["init_args"]["train_prompt_encoder"], sam["init_args"]["train_mask_decoder"])
+        assert flags == TAB6[row]
+    else:  # only the SAM plugin changes
+        cls, args = TAB5_SAM[row]
+        assert set(net) == {"sam"} and sam["class_path"] == f"evf.sam.{cls}"
+        assert {k: sam["init_args"][k] for k in args} == args

@@ -12,7 +12,8 @@ import yaml
 from evf.cli import main
 from evf.registry import Registry
 
-pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+pytestmark = [pytest.mark.filterwarnings("ignore:LightningCLI's args parameter"),
+              pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")]
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "experiments" / "base.yaml"

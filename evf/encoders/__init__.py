@@ -7,4 +7,4 @@ from evf.encoders.beit3 import Beit3Encoder
 from evf.encoders.clip import ClipEncoder
 from evf.encoders.vilt import ViltEncoder
 
-__all__ = ["ENCODERS", "MultimodalEncoder", "Beit3Encoder", "ClipEncoder", "ViltEncoder"]
+__all__ = ["ENCODERS", "Beit3Encoder", "ClipEncoder", "MultimodalEncoder", "ViltEncoder"]

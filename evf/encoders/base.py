@@ -1,7 +1,7 @@
 """The multimodal-encoder plugin slot."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ class MultimodalEncoder(nn.Module):
 
     MODES: tuple[str, ...] = ("text", "late", "early")
     # Feature choices per mode (paper Tab.12), default first; a mode not listed has one fixed feature.
-    FEATURES: dict[str, tuple[str, ...]] = {}
+    FEATURES: ClassVar[dict[str, tuple[str, ...]]] = {}
     out_dim: int
     mode: str
 

@@ -5,9 +5,9 @@ and its simplest late fusion (``late``: text embedding ‖ image embedding, each
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from copy import deepcopy
 from functools import cached_property
-from typing import Sequence
 
 import torch
 

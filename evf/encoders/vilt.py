@@ -16,9 +16,9 @@ interpolation or ViLT's random patch sampling (which would make eval non-determi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

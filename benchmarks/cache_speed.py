@@ -19,13 +19,13 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from datamodules import SyntheticRefDataModule  # noqa: E402
-from evf.cache import build_cache  # noqa: E402
-from evf.encoders import Beit3Encoder  # noqa: E402
-from evf.model import EVFSAM  # noqa: E402
-from evf.sam import Sam1Backend  # noqa: E402
+from datamodules import SyntheticRefDataModule
+from evf.cache import build_cache
+from evf.encoders import Beit3Encoder
+from evf.model import EVFSAM
+from evf.sam import Sam1Backend
 
 
 def parse_args() -> argparse.Namespace:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class CachedPreprocessor(Preprocessor):
     """The model's preprocessing with the SAM view replaced by a cache lookup: samples carry
     ``sam_embeddings`` (and the cached ``input_sizes``) instead of ``sam_images``."""
 
-    cache: "EmbeddingCache | None" = None
+    cache: EmbeddingCache | None = None
 
     def sample(self, image: np.ndarray, **raw: Any) -> dict[str, Any]:
         embedding, input_size = self.cache.lookup(raw.get("image_id"))
@@ -103,7 +104,7 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self.images)
 
-    def check(self, sam, geometric_augmentation: bool = False) -> "EmbeddingCache":
+    def check(self, sam, geometric_augmentation: bool = False) -> EmbeddingCache:
         """Refuse a cache built for another backend, view or weights, or one combined with geometric augmentation."""
         if geometric_augmentation:
             raise CacheError(f"embedding cache {self.manifest_path} cannot be used with geometric augmentation of "

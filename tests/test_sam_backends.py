@@ -1,8 +1,10 @@
 """SAM-backend slot: one contract over every registered backend, SAM-2 specifics, official schemas and counts."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,7 +230,7 @@ def official_efficientsam_shapes(dim: int, heads: int, depth: int = 12) -> dict[
             s[f"{p}.{proj}.weight"], s[f"{p}.{proj}.bias"] = (o, i), (o,)
 
     def mlp(p, widths):  # MLPBlock: layers.i.0 (Linear + act), then fc
-        for i, (a, b) in enumerate(zip(widths[:-2], widths[1:-1])):
+        for i, (a, b) in enumerate(itertools.pairwise(widths[:-1])):
             s[f"{p}.layers.{i}.0.weight"], s[f"{p}.layers.{i}.0.bias"] = (b, a), (b,)
         s[f"{p}.fc.weight"], s[f"{p}.fc.bias"] = (widths[-1], widths[-2]), (widths[-1],)
 
@@ -350,7 +352,7 @@ def test_tab5_tab6_rows_set_their_paper_row(row):
     """tests/test_experiments.py checks that every row resolves on base.yaml and trains; here: what each row means."""
     import yaml
 
-    net = yaml.safe_load(open(f"experiments/ablations/{row}.yaml"))["model"]["model"]
+    net = yaml.safe_load(Path(f"experiments/ablations/{row}.yaml").read_text())["model"]["model"]
     sam = net["sam"]
     if row in TAB6:  # only the three switches change
         assert set(net) == {"train_encoder", "sam"} and set(sam) == {"init_args"}

@@ -9,8 +9,8 @@ The model and datamodule are built from the same YAML files as ``evf fit`` (only
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from evf.cli import UserError
 
@@ -58,7 +58,7 @@ def build_from_configs(paths: Sequence[str]):
             cfg = parser.parse_object(section, cfg_base=cfg, defaults=cfg is None)
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
-        except Exception as exc:  # jsonargparse reports unknown keys / bad types as ArgumentError
+        except Exception as exc:  # noqa: BLE001  jsonargparse reports unknown keys / bad types as ArgumentError
             raise UserError(f"config {path}: {' '.join(str(exc).split())[:300]}") from None
     seed = cfg.seed_everything
     if seed is not False:

@@ -41,7 +41,7 @@ def weights_hash(modules: dict[str, nn.Module]) -> str:
         for key, tensor in sorted(modules[prefix].state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             digest.update(f"{prefix}.{key}|{t.dtype}|{tuple(t.shape)}".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
     return digest.hexdigest()
 
 

@@ -188,9 +188,10 @@ class FileDataModule(RefSegDataModule):
 
     def __init__(self, root: str, seed: int = 0, augment: Any = None, batch_size: int = 16,
                  eval_batch_size: int | None = None, num_workers: int = 0, train_split: str = "train",
-                 val_split: str = "val", test_split: str = "test"):
+                 val_split: str = "val", test_split: str = "test",
+                 embedding_cache: str | None = None):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         val_split=val_split, test_split=test_split)
+                         val_split=val_split, test_split=test_split, embedding_cache=embedding_cache)
         self.root = resolve_root(root, self.fixture)
         self.seed = seed
         self.augment = augment

@@ -65,8 +65,10 @@ class HumanParsingDataModule(FileDataModule):
                  include_background: bool = False, class_file: str | None = None, image_dir: str | None = None,
                  label_dir: str | None = None, id_file: str | None = None, min_pixels: int = 1, seed: int = 0,
                  augment: Any = None, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 train_split: str = "train", val_split: str = "val", test_split: str = "val"):
-        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split, test_split)
+                 train_split: str = "train", val_split: str = "val", test_split: str = "val",
+                 embedding_cache: str | None = None):
+        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
+                         test_split, embedding_cache)
         if layout not in LAYOUTS:
             raise ValueError(f"unknown human-parsing layout {layout!r}; choose from {sorted(LAYOUTS)}")
         preset = LAYOUTS[layout]

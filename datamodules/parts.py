@@ -94,8 +94,10 @@ class CocoPartDataModule(FileDataModule):
 
     def __init__(self, root: str, ann_file: str | None = None, image_dir: str | None = None, seed: int = 0,
                  augment: Any = None, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 train_split: str = "train", val_split: str = "val", test_split: str = "val"):
-        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split, test_split)
+                 train_split: str = "train", val_split: str = "val", test_split: str = "val",
+                 embedding_cache: str | None = None):
+        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
+                         test_split, embedding_cache)
         self.ann_file = ann_file or self.default_ann_file
         self.image_dir = image_dir or self.default_image_dir
 

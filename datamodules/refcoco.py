@@ -120,8 +120,10 @@ class RefCocoDataModule(FileDataModule):
 
     def __init__(self, root: str, dataset: str = "refcoco", split_by: str = "unc", image_root: str | None = None,
                  seed: int = 0, augment: Any = None, batch_size: int = 16, eval_batch_size: int | None = None,
-                 num_workers: int = 0, train_split: str = "train", val_split: str = "val", test_split: str = "test"):
-        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split, test_split)
+                 num_workers: int = 0, train_split: str = "train", val_split: str = "val", test_split: str = "test",
+                 embedding_cache: str | None = None):
+        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
+                         test_split, embedding_cache)
         if dataset in DATASETS and split_by not in DATASETS[dataset]:
             raise ValueError(f"{dataset} has no {split_by!r} split; choose from {DATASETS[dataset]}")
         self.dataset_name, self.split_by = dataset, split_by
@@ -163,9 +165,11 @@ class GRefCocoDataModule(RefCocoDataModule):
 
     def __init__(self, root: str, dataset: str = "grefcoco", split_by: str = "unc", image_root: str | None = None,
                  seed: int = 0, augment: Any = None, batch_size: int = 16, eval_batch_size: int | None = None,
-                 num_workers: int = 0, train_split: str = "train", val_split: str = "val", test_split: str = "testA"):
+                 num_workers: int = 0, train_split: str = "train", val_split: str = "val", test_split: str = "testA",
+                 embedding_cache: str | None = None):
         super().__init__(root, dataset, split_by, image_root or None, seed, augment, batch_size, eval_batch_size,
-                         num_workers, train_split, val_split, test_split)
+                         num_workers, train_split, val_split,
+                         test_split, embedding_cache)
         if not image_root:
             self.image_dir = self.root / "images" / "train2014"
 

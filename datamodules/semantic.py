@@ -121,8 +121,10 @@ class ADE20KDataModule(FileDataModule):
 
     def __init__(self, root: str, class_file: str = "objectInfo150.txt", min_pixels: int = 1, seed: int = 0,
                  augment: Any = None, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 train_split: str = "train", val_split: str = "val", test_split: str = "val"):
-        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split, test_split)
+                 train_split: str = "train", val_split: str = "val", test_split: str = "val",
+                 embedding_cache: str | None = None):
+        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
+                         test_split, embedding_cache)
         self.class_file, self.min_pixels = class_file, min_pixels
 
     def build(self, split: str, train: bool) -> LabelMapDataset:
@@ -151,8 +153,10 @@ class MapillaryVistasDataModule(FileDataModule):
 
     def __init__(self, root: str, config: str = "config.json", labels_dir: str = "labels", min_pixels: int = 1,
                  seed: int = 0, augment: Any = None, batch_size: int = 16, eval_batch_size: int | None = None,
-                 num_workers: int = 0, train_split: str = "train", val_split: str = "val", test_split: str = "val"):
-        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split, test_split)
+                 num_workers: int = 0, train_split: str = "train", val_split: str = "val", test_split: str = "val",
+                 embedding_cache: str | None = None):
+        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
+                         test_split, embedding_cache)
         self.config, self.labels_dir, self.min_pixels = config, labels_dir, min_pixels
 
     def build(self, split: str, train: bool) -> LabelMapDataset:

@@ -1,0 +1,129 @@
+"""The paper's hybrid training set: a weighted mixture of any registered datamodules.
+
+Sample ``p`` of the training stream (``p = epoch * samples_per_epoch + k``) is a pure function of
+``(seed, p)``: the source is drawn with probability ``ratio / sum(ratios)``, then an item of that
+source and its random choices (sentence, category, augmentation). A restart with the same seed
+replays the same sequence. YAML::
+
+    data:
+      class_path: datamodules.HybridDataModule
+      init_args:
+        samples_per_epoch: 100000
+        eval_source: refcoco
+        sources:
+          refcoco: {type: refcoco, ratio: 4, root: data/refer, dataset: refcoco}
+          ade20k:  {type: ade20k, ratio: 1, root: data/ADEChallengeData2016}
+
+``type`` is a ``DATAMODULES`` name or a dotted class path; the other keys are its arguments
+(its batch settings are ignored: the hybrid's own apply). Validation and test read ``eval_source``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.base import DATAMODULES, RefSegDataModule
+from datamodules.common import EpochSampler
+
+
+def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    spec.pop("ratio", None)
+    if not isinstance(kind, str):
+        raise ValueError(f"hybrid source {name!r} needs 'type': a datamodule name ({', '.join(DATAMODULES)}) or class path")
+    if kind in DATAMODULES:
+        return DATAMODULES.create(kind, **spec)
+    module, _, cls = kind.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), cls)(**spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
+
+
+class HybridDataset(Dataset):
+    """Positions ``p >= 0`` -> samples; ``len`` is one epoch. ``augment[i]`` is source i's augmentation."""
+
+    def __init__(self, names: list[str], datasets: list[Dataset], ratios: list[float], length: int, seed: int = 0,
+                 augment: list[Callable[[dict], dict] | None] | None = None):
+        weights = np.asarray(ratios, dtype=np.float64)
+        if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"hybrid ratios must be non-negative with a positive sum, got {ratios}")
+        empty = [n for n, d in zip(names, datasets) if len(d) == 0]
+        if empty:
+            raise ValueError(f"hybrid sources without samples: {', '.join(empty)}")
+        self.names, self.datasets, self.length, self.seed = names, datasets, length, seed
+        self.cumulative = np.cumsum(weights / weights.sum())
+        self.augment = augment or [None] * len(datasets)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def choose(self, position: int) -> tuple[int, int, np.random.Generator]:
+        """(source index, item of that source, generator for the item's own random choices)."""
+        rng = np.random.default_rng([self.seed, position])
+        source = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.datasets) - 1)
+        return source, int(rng.integers(len(self.datasets[source]))), rng
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        if position < 0:
+            raise IndexError(position)
+        source, item, rng = self.choose(position)
+        dataset = self.datasets[source]
+        sample = dataset.load(item, rng) if hasattr(dataset, "load") else dict(dataset[item])
+        if self.augment[source] is not None:
+            sample = self.augment[source](sample)
+        sample["source"] = self.names[source]
+        return sample
+
+
+@DATAMODULES.register("hybrid", tiny={"sources": {"refcoco": {"type": "refcoco", "ratio": 2, "root": "fixture"},
+                                                  "ade20k": {"type": "ade20k", "ratio": 1, "root": "fixture"}},
+                                      "samples_per_epoch": 8, "batch_size": 2})
+class HybridDataModule(RefSegDataModule):
+    """Args:
+        sources: ``{name: {type, ratio, **datamodule arguments}}``.
+        samples_per_epoch: length of one training epoch (the stream itself is endless).
+        eval_source: the source whose ``val_split``/``test_split`` validation and test read (default: the first).
+    """
+
+    def __init__(self, sources: dict[str, dict[str, Any]], samples_per_epoch: int = 10000, seed: int = 0,
+                 eval_source: str | None = None, batch_size: int = 16, eval_batch_size: int | None = None,
+                 num_workers: int = 0, val_split: str = "val", test_split: str = "test",
+                 embedding_cache: str | None = None):
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         val_split=val_split, test_split=test_split, embedding_cache=embedding_cache)
+        if not sources:
+            raise ValueError("a hybrid datamodule needs at least one source")
+        self.ratios = {name: float(spec.get("ratio", 1.0)) for name, spec in sources.items()}
+        self.sources = {name: build_source(name, spec) for name, spec in sources.items()}
+        self.eval_source = eval_source or next(iter(sources))
+        if self.eval_source not in self.sources:
+            raise ValueError(f"eval_source {self.eval_source!r} is not one of the sources {sorted(self.sources)}")
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+
+    def train_set(self) -> HybridDataset:
+        names = list(self.sources)
+        datasets = [self.sources[n].raw_dataset(self.sources[n].train_split) for n in names]
+        augment = [self.sources[n].augmentation() for n in names]
+        return HybridDataset(names, datasets, [self.ratios[n] for n in names], self.samples_per_epoch, self.seed, augment)
+
+    def raw_dataset(self, split: str) -> Dataset:
+        if split == self.train_split:
+            return self.train_set()
+        return self.sources[self.eval_source].raw_dataset(split)
+
+    @property
+    def geometric_augmentation(self) -> bool:
+        return any(getattr(s, "geometric_augmentation", False) for s in self.sources.values())
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset(self.train_split, train=True)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed, shuffle=False),
+            num_workers=self.num_workers, collate_fn=self.preprocessor.collate, drop_last=False,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,127 @@
+"""Objects365 as instance-level referring data (paper Sec. A.2).
+
+Only categories with exactly ONE instance in an image are kept (a category name is ambiguous when
+several instances share it); the prompt is the category name. Objects365 has boxes, not masks:
+``evf prepare objects365`` turns each kept box into a mask with a SAM backend's box prompt and
+writes ``<masks_dir>/objects365_<split>.json`` (COCO format, RLE masks), which this datamodule reads.
+``box_masks=True`` reads the raw file instead and uses filled boxes as masks (checks, smoke tests).
+
+Layout (official v2 release; ``file_name`` entries such as ``images/v1/patch0/x.jpg`` are also
+found under ``<split>/patch0/x.jpg``)::
+
+    root/train/zhiyuan_objv2_train.json   root/train/patch0/objects365_v1_00000000.jpg ...
+    root/val/zhiyuan_objv2_val.json       root/val/...
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from datamodules.base import DATAMODULES
+from datamodules.common import FileDataModule, SampleDataset, coco_mask, load_json
+
+RAW_ANN_FILE = "{split}/zhiyuan_objv2_{split}.json"
+PREPARED_FILE = "objects365_{split}.json"
+
+
+def one_instance_annotations(annotations: Iterable[dict]) -> list[dict]:
+    """Annotations whose category occurs exactly once in their image (a crowd box counts as several)."""
+    annotations = list(annotations)
+    counts = Counter((a["image_id"], a["category_id"]) for a in annotations)
+    return [a for a in annotations if counts[(a["image_id"], a["category_id"])] == 1 and not a.get("iscrowd", 0)]
+
+
+def find_image(image_dir: Path, file_name: str) -> Path:
+    """``image_dir/file_name``, else the release's ``patchN/name`` or bare ``name`` under ``image_dir``."""
+    parts = Path(file_name).parts
+    for candidate in (Path(file_name), Path(*parts[-2:]), Path(parts[-1])):
+        if (image_dir / candidate).is_file():
+            return image_dir / candidate
+    return image_dir / file_name  # missing: the reader names this path
+
+
+def box_mask(bbox: list[float], height: int, width: int) -> np.ndarray:
+    x, y, w, h = bbox
+    mask = np.zeros((height, width), dtype=bool)
+    mask[max(0, int(round(y))):int(round(y + h)), max(0, int(round(x))):int(round(x + w))] = True
+    return mask
+
+
+class Objects365Dataset(SampleDataset):
+    """Eval: one sample per kept annotation; train: one item per image, the annotation from the seeded stream."""
+
+    def __init__(self, coco: dict, image_dir: Path, source: Path, box_masks: bool = False, train: bool = False,
+                 seed: int = 0):
+        super().__init__(train, seed)
+        if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
+            raise ValueError(f"{source}: not a COCO-format file (needs 'images', 'annotations' and 'categories')")
+        self.image_dir, self.source, self.box_masks = image_dir, source, box_masks
+        self.images = {img["id"]: img for img in coco["images"]}
+        self.names = {c["id"]: str(c["name"]).strip().lower() for c in coco["categories"]}
+        kept = one_instance_annotations(coco["annotations"])
+        if not box_masks and any("segmentation" not in a for a in kept):
+            raise ValueError(f"{source}: annotations without masks; run 'evf prepare objects365' first "
+                             "(or box_masks=true for box-shaped masks)")
+        by_image: dict = defaultdict(list)
+        for ann in kept:
+            by_image[ann["image_id"]].append(ann)
+        self.by_image = dict(by_image)
+        self.items = list(self.by_image) if train else kept
+        if not self.items:
+            raise ValueError(f"{source}: no one-instance annotations")
+
+    def annotation(self, item: int, rng: np.random.Generator | None) -> dict:
+        if not self.train:
+            return self.items[item]
+        anns = self.by_image[self.items[item]]
+        return anns[int(rng.integers(len(anns)))]
+
+    def image_path(self, item: int) -> Path:
+        image_id = self.items[item] if self.train else self.items[item]["image_id"]
+        return find_image(self.image_dir, self.images[image_id]["file_name"])
+
+    def target(self, item: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        ann = self.annotation(item, rng)
+        info = self.images[ann["image_id"]]
+        if self.box_masks:
+            mask = box_mask(ann["bbox"], info["height"], info["width"])
+        else:
+            mask = coco_mask(ann["segmentation"], info["height"], info["width"])
+        return {"mask": mask, "text": self.names[ann["category_id"]], "id": str(ann["id"]), "image_id": str(ann["image_id"])}
+
+
+@DATAMODULES.register("objects365", tiny={"root": "fixture", "batch_size": 2})
+class Objects365DataModule(FileDataModule):
+    """Objects365 with SAM masks from ``evf prepare objects365``.
+
+    Args:
+        masks_dir: the pre-pass ``--out`` folder (default ``root/sam_masks``).
+        ann_file / image_dir: templates with ``{split}`` for the raw release.
+        box_masks: use the raw boxes as masks instead of the pre-pass output.
+    """
+
+    fixture = "objects365"
+
+    def __init__(self, root: str, masks_dir: str | None = None, ann_file: str = RAW_ANN_FILE, image_dir: str = "{split}",
+                 box_masks: bool = False, seed: int = 0, augment: Any = None, batch_size: int = 16,
+                 eval_batch_size: int | None = None, num_workers: int = 0, train_split: str = "train",
+                 val_split: str = "val", test_split: str = "val",
+                 embedding_cache: str | None = None):
+        super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
+                         test_split, embedding_cache)
+        self.masks_dir = Path(masks_dir) if masks_dir else self.root / "sam_masks"
+        self.ann_file, self.image_dir, self.box_masks = ann_file, image_dir, box_masks
+
+    def build(self, split: str, train: bool) -> Objects365Dataset:
+        if self.box_masks:
+            source = self.root / self.ann_file.format(split=split)
+        else:
+            source = self.masks_dir / PREPARED_FILE.format(split=split)
+            if not source.is_file():
+                raise FileNotFoundError(f"Objects365 masks not found: {source} (run 'evf prepare objects365 --root "
+                                        f"{self.root} --split {split} --backend ... --out {self.masks_dir}')")
+        return Objects365Dataset(load_json(source), self.root / self.image_dir.format(split=split), source,
+                                 self.box_masks, train, self.seed)

@@ -90,8 +90,9 @@ class EVFSAMModule(L.LightningModule):
 
     def log_metrics(self, stage: str, metrics: ReferringSegmentationMetrics) -> dict[str, float]:
         values = {k: float(v) for k, v in metrics.compute().items()}
-        # Already synced by torchmetrics, identical on every rank: no sync_dist needed.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if v == v}, prog_bar=stage == "val")
+        # Already synced by torchmetrics and identical on every rank: "max" over ranks keeps them bit-exact.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if v == v}, prog_bar=stage == "val",
+                      sync_dist=True, reduce_fx="max")
         metrics.reset()
         return values
 
@@ -117,6 +118,14 @@ class EVFSAMModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints: trainable weights + optimizer/scheduler + RNG --------------------------
+    def setup(self, stage: str) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy) and not self.save_frozen_weights:
+            # DeepSpeed restores module states itself (no state_dict hook); the frozen encoder it left
+            # out (exclude_frozen_parameters) is already in place from the model constructor.
+            self.strict_loading = False
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if "state_dict" in checkpoint and not self.save_frozen_weights:
             checkpoint["state_dict"] = drop_frozen(checkpoint["state_dict"], frozen_state_keys(self))

@@ -11,6 +11,7 @@ Extra options (on top of LightningCLI's):
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import re
 import sys
@@ -114,9 +115,9 @@ class EvfCLI(LightningCLI):
             overrides = {**(entry.get("init_args") or {}), **{k: v for k, v in entry.items() if k not in TEST_SET_KEYS}}
             class_path = entry.get("class_path")
             if class_path and class_path != data_spec.class_path:
-                datamodule = import_class(class_path)(**overrides)
+                datamodule = build_datamodule(import_class(class_path), overrides)
             else:
-                datamodule = type(self.datamodule)(**{**base_args, **overrides})
+                datamodule = build_datamodule(type(self.datamodule), {**base_args, **overrides})
             out.append((entry.get("name") or test_set_name(datamodule, overrides), datamodule))
         return out
 
@@ -156,6 +157,20 @@ class EvfCLI(LightningCLI):
     def after_validate(self) -> None:
         if self.trainer.is_global_zero:
             print(format_metrics("val", self.trainer.callback_metrics), flush=True)
+
+
+def build_datamodule(cls: type, args: dict[str, Any]) -> RefSegDataModule:
+    """Constructor arguments go to ``cls``; other keys set attributes every datamodule has (e.g.
+    ``test_split`` of a datamodule whose constructor does not take it)."""
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    datamodule = cls(**{k: v for k, v in args.items() if k in params or takes_any})
+    for key, value in args.items():
+        if key not in params and not takes_any:
+            if not hasattr(datamodule, key):
+                raise ValueError(f"test set: {cls.__name__} has no argument or attribute {key!r}")
+            setattr(datamodule, key, value)
+    return datamodule
 
 
 def test_set_name(datamodule: RefSegDataModule, overrides: dict) -> str:

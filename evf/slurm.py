@@ -13,7 +13,15 @@ def resource_lines(nodes: int, gpus: int, extra: Sequence[str] = ()) -> list[str
     lines = [f"#SBATCH --nodes={nodes}", f"#SBATCH --ntasks-per-node={max(gpus, 1)}"]
     if gpus > 0:
         lines.append(f"#SBATCH --gpus-per-node={gpus}")
-    return lines + [line if line.startswith("#SBATCH") else f"#SBATCH {line}" for line in extra]
+    return lines + [sbatch_line(line) for line in extra]
+
+
+def sbatch_line(option: str) -> str:
+    """``partition=gpu``, ``--partition=gpu`` or ``#SBATCH --partition=gpu`` -> ``#SBATCH --partition=gpu``."""
+    option = option.strip()
+    if option.startswith("#SBATCH"):
+        return option
+    return f"#SBATCH {option if option.startswith('-') else '--' + option}"
 
 
 def device_overrides(nodes: int, gpus: int) -> list[str]:

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from training_helpers import REPO, evf_command, read_metrics, run_evf, subprocess_env, wait_for, write_config
+from tests.training_helpers import REPO, evf_command, read_metrics, run_evf, subprocess_env, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ CHECKPOINTS = """\
       init_args: {save_last: true, every_n_train_steps: 2}
 """
 PAUSE = """\
-    - class_path: training_helpers.PauseAtStep
+    - class_path: tests.training_helpers.PauseAtStep
       init_args: {{step: 5, marker: {marker}}}
 """
 

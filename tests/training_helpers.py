@@ -66,7 +66,7 @@ def evf_command(*args: str) -> list[str]:
 
 
 def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("EVF_DEBUG", None)
     return env
 

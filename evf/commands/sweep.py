@@ -2,7 +2,7 @@
 
     evf sweep experiments/ablations/tab4/*.yaml --base experiments/base.yaml --seeds 0 1 2 --out results/tab4
     evf sweep "experiments/fusion/*.yaml" --seeds 0 1 --out results/fusion -- --trainer.max_steps 200
-    evf sweep experiments/paper/*.yaml --base experiments/base.yaml --seeds 0 --slurm --gpus 4 --sbatch "--partition=gpu"
+    evf sweep experiments/paper/*.yaml --base experiments/base.yaml --seeds 0 --slurm --gpus 4 --sbatch partition=gpu
 
 Each run is ``evf fit --config <base>... --config <file> --seed_everything S --test_after_fit true
 --run_dir <out>/runs/<config>/seed<S> <overrides after -->``, run one after another here (a
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_submit", action="store_true", help="with --slurm: only write <out>/sweep.sbatch")
     parser.add_argument("--nodes", type=int, default=1, help="with --slurm: nodes per run")
     parser.add_argument("--gpus", type=int, default=1, help="with --slurm: GPUs per node (0 = CPU)")
-    parser.add_argument("--sbatch", action="append", default=[], help="with --slurm: extra #SBATCH option (repeatable)")
+    parser.add_argument("--sbatch", action="append", default=[], help="with --slurm: extra #SBATCH option, e.g. partition=gpu or time=12:00:00 (repeatable)")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise UserError(f"unrecognized arguments: {' '.join(unknown)} (put LightningCLI overrides after '--')")

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from datamodules.base import DATAMODULES, RefSegDataModule
 from datamodules.synthetic import COLORS, SHAPES, SPLIT_IDS, Shape, rasterize, texture
 
-FAMILY_WEIGHTS = {"relation": 0.55, "next_to": 0.2, "semantic": 0.15, "attribute": 0.1}
+FAMILY_WEIGHTS = {"relation": 0.6, "next_to": 0.2, "semantic": 0.12, "attribute": 0.08}
 SEMANTIC_PREFIX = "[semantic]"
 STREAM = 17  # keeps this benchmark's random stream apart from the quickstart dataset's
 
@@ -93,7 +93,7 @@ def make_spatial_scene(rng: np.random.Generator, size: int, min_objects: int = 4
     shapes: list[Shape] = []
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         for _attempt in range(30):
-            r = rng.uniform(0.07, 0.17) * size
+            r = rng.uniform(0.09, 0.18) * size
             cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
             if all(np.hypot(cy - o.cy, cx - o.cx) > 0.9 * (r + o.r) for o in shapes):
                 shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(colors)), cy, cx, r))

@@ -141,3 +141,24 @@ def test_refcoco_through_lightning_cli_yaml(roots, tmp_path):
                              "--data.dataset", "refcoco+", "--data.test_split", "testB"])
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, RefCocoDataModule) and dm.test_split == "testB" and len(dm.raw_dataset("testB")) > 0
+
+
+def test_eval_experiment_files_load_on_fixtures(tmp_path, monkeypatch):
+    """Each experiments/eval/*.yaml data section parses and, pointed at a fixture, yields its test split."""
+    from pathlib import Path
+
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from datamodules.base import RefSegDataModule
+
+    monkeypatch.setenv("EVF_CACHE", str(tmp_path))
+    files = sorted((Path(__file__).parents[1] / "experiments" / "eval").glob("*.yaml"))
+    assert len(files) == 10
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(RefSegDataModule, "data")
+    for path in files:
+        data = yaml.safe_load(path.read_text())["data"]
+        data["init_args"]["root"] = "fixture"
+        dm = parser.instantiate_classes(parser.parse_object({"data": data})).data
+        assert len(dm.raw_dataset(dm.test_split)) > 0, path.name

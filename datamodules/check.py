@@ -49,7 +49,8 @@ class SplitReport:
 
     @property
     def fatal(self) -> bool:
-        return self.error is not None or self.items == 0 or any(v for k, v in self.problems.items() if k != "empty masks")
+        serious = any(v for k, v in self.problems.items() if k != "empty masks")
+        return self.error is not None or self.items == 0 or serious
 
     def lines(self) -> list[str]:
         if self.error:
@@ -84,7 +85,9 @@ def check_split(dm: FileDataModule, split: str, quick: bool = False, progress: b
         report.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return report
     shapes: dict[Path, tuple[int, int] | None] = {}
-    for item in tqdm(range(len(ds)), desc=f"checking {split}", unit="item", disable=None if progress else True, file=sys.stderr):
+    quiet = None if progress else True  # None: tqdm shows the bar only on a terminal
+    bar = tqdm(range(len(ds)), desc=f"checking {split}", unit="item", disable=quiet, file=sys.stderr)
+    for item in bar:
         try:
             path = ds.image_path(item)
         except (ValueError, KeyError) as exc:
@@ -111,7 +114,7 @@ def check_split(dm: FileDataModule, split: str, quick: bool = False, progress: b
         if sample.get("skip") or (not sample["mask"].any() and not ds.allow_empty_masks):
             report.problems["empty masks"].append(f"{sample.get('id') or path.name}")
         if not quick and sample["mask"].shape != shapes[path]:
-            report.problems["size mismatches"].append(f"{path} is {shapes[path]} but its mask is {sample['mask'].shape}")
+            report.problems["size mismatches"].append(f"{path} is {shapes[path]}, its mask {sample['mask'].shape}")
     return report
 
 

@@ -20,7 +20,8 @@ replays the same sequence. YAML::
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -34,7 +35,8 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
     kind = spec.pop("type", None)
     spec.pop("ratio", None)
     if not isinstance(kind, str):
-        raise ValueError(f"hybrid source {name!r} needs 'type': a datamodule name ({', '.join(DATAMODULES)}) or class path")
+        raise ValueError(f"hybrid source {name!r} needs 'type': a datamodule name "
+                         f"({', '.join(DATAMODULES)}) or class path")
     if kind in DATAMODULES:
         return DATAMODULES.create(kind, **spec)
     module, _, cls = kind.rpartition(".")
@@ -109,7 +111,8 @@ class HybridDataModule(RefSegDataModule):
         names = list(self.sources)
         datasets = [self.sources[n].raw_dataset(self.sources[n].train_split) for n in names]
         augment = [self.sources[n].augmentation() for n in names]
-        return HybridDataset(names, datasets, [self.ratios[n] for n in names], self.samples_per_epoch, self.seed, augment)
+        ratios = [self.ratios[n] for n in names]
+        return HybridDataset(names, datasets, ratios, self.samples_per_epoch, self.seed, augment)
 
     def raw_dataset(self, split: str) -> Dataset:
         if split == self.train_split:

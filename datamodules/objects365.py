@@ -15,8 +15,9 @@ found under ``<split>/patch0/x.jpg``)::
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def find_image(image_dir: Path, file_name: str) -> Path:
 def box_mask(bbox: list[float], height: int, width: int) -> np.ndarray:
     x, y, w, h = bbox
     mask = np.zeros((height, width), dtype=bool)
-    mask[max(0, int(round(y))):int(round(y + h)), max(0, int(round(x))):int(round(x + w))] = True
+    mask[max(0, round(y)):round(y + h), max(0, round(x)):round(x + w)] = True
     return mask
 
 
@@ -90,7 +91,8 @@ class Objects365Dataset(SampleDataset):
             mask = box_mask(ann["bbox"], info["height"], info["width"])
         else:
             mask = coco_mask(ann["segmentation"], info["height"], info["width"])
-        return {"mask": mask, "text": self.names[ann["category_id"]], "id": str(ann["id"]), "image_id": str(ann["image_id"])}
+        return {"mask": mask, "text": self.names[ann["category_id"]], "id": str(ann["id"]),
+                "image_id": str(ann["image_id"])}
 
 
 @DATAMODULES.register("objects365", tiny={"root": "fixture", "batch_size": 2})
@@ -105,10 +107,10 @@ class Objects365DataModule(FileDataModule):
 
     fixture = "objects365"
 
-    def __init__(self, root: str, masks_dir: str | None = None, ann_file: str = RAW_ANN_FILE, image_dir: str = "{split}",
-                 box_masks: bool = False, seed: int = 0, augment: Any = None, batch_size: int = 16,
-                 eval_batch_size: int | None = None, num_workers: int = 0, train_split: str = "train",
-                 val_split: str = "val", test_split: str = "val",
+    def __init__(self, root: str, masks_dir: str | None = None, ann_file: str = RAW_ANN_FILE,
+                 image_dir: str = "{split}", box_masks: bool = False, seed: int = 0, augment: Any = None,
+                 batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
+                 train_split: str = "train", val_split: str = "val", test_split: str = "val",
                  embedding_cache: str | None = None):
         super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
                          test_split, embedding_cache)

@@ -25,7 +25,8 @@ TINY = {"root": "fixture", "batch_size": 2}
 
 
 def part_phrase(category: dict) -> str:
-    """``{"name": "person:arm"}`` -> ``"person arm"``; ``{"name": "Head", "supercategory": "Fish"}`` -> ``"fish head"``."""
+    """``{"name": "person:arm"}`` -> ``"person arm"``;
+    ``{"name": "Head", "supercategory": "Fish"}`` -> ``"fish head"``."""
     name = str(category["name"]).replace("_", " ").strip()
     if ":" in name:
         obj, part = name.split(":", 1)

@@ -2,7 +2,7 @@
 
 Layout (``root`` is the refer toolkit's ``data`` folder)::
 
-    root/refcoco/refs(unc).p  root/refcoco/instances.json     (also refcoco+, refcocog: umd|google, refclef: unc|berkeley)
+    root/refcoco/refs(unc).p  root/refcoco/instances.json   (also refcoco+; refcocog: umd|google; refclef: unc|berkeley)
     root/images/mscoco/images/train2014/COCO_train2014_*.jpg   (refclef: root/images/saiapr_tc-12/...)
     root/grefcoco/grefs(unc).json  root/grefcoco/instances.json  root/images/train2014/...
 
@@ -62,7 +62,8 @@ class ReferDataset(SampleDataset):
 
     def image_info(self, ref: dict) -> dict:
         if ref["image_id"] not in self.images:
-            raise ValueError(f"{self.source}: ref {ref['ref_id']} names image {ref['image_id']}, absent from instances.json")
+            raise ValueError(f"{self.source}: ref {ref['ref_id']} names image {ref['image_id']}, "
+                             "absent from instances.json")
         return self.images[ref["image_id"]]
 
     def image_path(self, item: int) -> Path:
@@ -71,7 +72,8 @@ class ReferDataset(SampleDataset):
     def ref_mask(self, ref: dict, info: dict) -> np.ndarray:
         ann_id = ref["ann_id"]
         if ann_id not in self.anns:
-            raise ValueError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, absent from instances.json")
+            raise ValueError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, "
+                             "absent from instances.json")
         return coco_mask(self.anns[ann_id].get("segmentation"), info["height"], info["width"])
 
     def target(self, item: int, rng: np.random.Generator | None) -> dict[str, Any]:
@@ -97,7 +99,8 @@ class GReferDataset(ReferDataset):
             return mask
         for ann_id in ann_ids:
             if ann_id not in self.anns:
-                raise ValueError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, absent from instances.json")
+                raise ValueError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, "
+                                 "absent from instances.json")
             ann = self.anns[ann_id]
             if not ann.get("iscrowd", 0):
                 mask |= coco_mask(ann.get("segmentation"), info["height"], info["width"])

@@ -62,8 +62,8 @@ class LabelMapDataset(SampleDataset):
         if self.train:
             present = self.present(labels)
             if not present:  # nothing to name here: an empty "[semantic] x" would teach nothing
-                return {"mask": np.zeros(labels.shape, dtype=bool), "text": "", "id": "", "image_id": self.pairs[index][0],
-                        "skip": True}
+                return {"mask": np.zeros(labels.shape, dtype=bool), "text": "", "id": "",
+                        "image_id": self.pairs[index][0], "skip": True}
             value = present[int(rng.integers(len(present)))]
         else:
             value = self.items[item][1]

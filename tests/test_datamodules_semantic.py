@@ -97,7 +97,7 @@ def test_semantic_bad_inputs_name_the_file(tmp_path, ade):
     shutil.rmtree(root / "annotations" / "validation")
     with pytest.raises(FileNotFoundError, match="label folder not found: .*annotations/validation"):
         ADE20KDataModule(str(root)).raw_dataset("val")
-    label = sorted((root / "annotations" / "training").glob("*.png"))[0]
+    label = min((root / "annotations" / "training").glob("*.png"))
     label.write_bytes(b"\x89PNG broken")
     with pytest.raises(ImageReadError, match=str(label)):
         ADE20KDataModule(str(root)).raw_dataset("train", train=False)

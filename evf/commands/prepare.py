@@ -1,7 +1,8 @@
 """``evf prepare``: check a dataset folder, or run the Objects365 pre-pass.
 
     evf prepare <dataset> --check --root DIR [--splits train,val] [--quick] [--set key=value ...]
-    evf prepare objects365 --root DIR --backend sam1 --variant vit_h --checkpoint sam_vit_h.pth --out DIR [--split train]
+    evf prepare objects365 --root DIR --backend sam1 --variant vit_h --checkpoint sam_vit_h.pth --out DIR
+                           [--split train] [--device cuda] [--limit N]
 
 The pre-pass keeps the categories with exactly one instance per image and turns each kept box
 into a mask with the SAM backend's box prompt. Every finished image is written atomically to
@@ -16,8 +17,9 @@ import importlib
 import json
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +135,9 @@ def prepare_objects365(args: argparse.Namespace) -> int:
     print(f"objects365 {args.split}: {len(coco['images'])} images / {len(coco['annotations'])} annotations; "
           f"one-instance filter keeps {len(images)} / {len(kept)}; {len(images) - len(pending)} already done, "
           f"{len(todo)} to do", flush=True)
-    backend = load_backend(args.backend, args.variant, args.checkpoint, args.tiny).to(args.device).eval() if todo else None
+    backend = None
+    if todo:  # a finished run needs no model: it only merges
+        backend = load_backend(args.backend, args.variant, args.checkpoint, args.tiny).to(args.device).eval()
     failed = []
     for img in tqdm(todo, desc="box prompts", unit="img", disable=True if args.no_progress else None, file=sys.stderr):
         try:

@@ -1,0 +1,81 @@
+"""Strategy overrides, paper recipes and the SLURM launcher, checked without a GPU or a cluster."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evf.cli import main as evf_main
+from tests.training_helpers import REPO, write_config
+
+STRATEGIES = REPO / "experiments" / "strategies"
+
+
+def print_config(capsys, *configs) -> dict:
+    argv = ["fit", *[a for c in configs for a in ("--config", str(c))], "--print_config"]
+    assert evf_main(argv) == 0
+    out = capsys.readouterr().out
+    return yaml.safe_load("\n".join(line for line in out.splitlines() if not re.match(r"\[\d{4}-", line)))  # DeepSpeed log lines
+
+
+def build_strategy(spec: dict):
+    from lightning.pytorch.cli import instantiate_class
+
+    strategy = instantiate_class((), {"class_path": spec["class_path"], "init_args": {**spec.get("init_args", {}),
+                                                                                   **spec.get("dict_kwargs", {})}})
+    return strategy
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_stage_2"])
+def test_strategy_override_prints_and_instantiates(name, tmp_path, capsys):
+    config = print_config(capsys, write_config(tmp_path / "tiny.yaml"), STRATEGIES / f"{name}.yaml")
+    spec = config["trainer"]["strategy"]
+    strategy = build_strategy(spec)
+    if name == "ddp":
+        assert type(strategy).__name__ == "DDPStrategy" and strategy._ddp_kwargs["find_unused_parameters"] is True
+    elif name == "fsdp":
+        from torch.distributed.fsdp import ShardingStrategy
+
+        assert type(strategy).__name__ == "FSDPStrategy"
+        assert strategy.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
+        assert strategy.kwargs["use_orig_params"] is True and strategy._state_dict_type == "full"
+    else:
+        assert type(strategy).__name__ == "DeepSpeedStrategy"
+        assert strategy.config["zero_optimization"]["stage"] == 2
+        assert strategy.exclude_frozen_parameters is True
+
+
+@pytest.mark.parametrize("name", ["refcoco", "hybrid"])
+def test_paper_recipes(name, capsys):
+    config = print_config(capsys, REPO / "experiments/base.yaml", REPO / "experiments/paper" / f"{name}.yaml")
+    trainer, data = config["trainer"], config["data"]["init_args"]
+    assert (trainer["devices"], trainer["accumulate_grad_batches"], trainer["max_steps"]) == (4, 2, 15000)
+    assert data["batch_size"] == 16 and trainer["precision"] in ("bf16-mixed", "16-mixed")
+    assert config["model"]["lr"] == 1e-4
+    network = config["model"]["model"]["init_args"]
+    assert network["bce_weight"] == network["dice_weight"] == 1.0 and network["sam"]["init_args"]["variant"] == "vit_h"
+    assert build_strategy(trainer["strategy"]).config["zero_optimization"]["stage"] == 2
+    assert [t["name"] for t in config["test_sets"]] == ["refcoco/val", "refcoco/testA", "refcoco/testB", "refcoco+/val",
+                                                       "refcoco+/testA", "refcoco+/testB", "refcocog/val", "refcocog/test"]
+
+
+def test_slurm_script_syntax_and_render_for_two_nodes(tmp_path):
+    script = REPO / "scripts" / "slurm_fit.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "#SBATCH --ntasks-per-node=4" in script.read_text()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text('#!/bin/bash\necho "SRUN $*"\n')
+    (fake_bin / "srun").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}", SLURM_NNODES="2",
+               SLURM_NTASKS_PER_NODE="4(x2)", EVF="python -m evf.cli")
+    result = subprocess.run(["bash", str(script), "--config", "experiments/paper/refcoco.yaml", "--run_dir", "runs/x"],
+                            env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    srun = [line for line in result.stdout.splitlines() if line.startswith("SRUN")]
+    assert srun == ["SRUN python -m evf.cli fit --config experiments/paper/refcoco.yaml --run_dir runs/x "
+                    "--trainer.accelerator gpu --trainer.num_nodes 2 --trainer.devices 4"]

@@ -133,7 +133,8 @@ def prepare_objects365(args: argparse.Namespace) -> int:
     pending = [img for img in images if not (shards / f"{img['id']}.json").is_file()]
     todo = pending[: args.limit]
     print(f"objects365 {args.split}: {len(coco['images'])} images / {len(coco['annotations'])} annotations; "
-          f"the one-instance filter keeps {len(images)} images / {len(kept)} annotations; {len(images) - len(pending)} already done, "
+          f"the one-instance filter keeps {len(images)} images / {len(kept)} annotations; "
+          f"{len(images) - len(pending)} already done, "
           f"{len(todo)} to do", flush=True)
     backend = None
     if todo:  # a finished run needs no model: it only merges

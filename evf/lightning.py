@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -91,7 +92,7 @@ class EVFSAMModule(L.LightningModule):
     def log_metrics(self, stage: str, metrics: ReferringSegmentationMetrics) -> dict[str, float]:
         values = {k: float(v) for k, v in metrics.compute().items()}
         # Already synced by torchmetrics and identical on every rank: "max" over ranks keeps them bit-exact.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if v == v}, prog_bar=stage == "val",
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if not math.isnan(v)}, prog_bar=stage == "val",
                       sync_dist=True, reduce_fx="max")
         metrics.reset()
         return values

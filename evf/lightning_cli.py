@@ -13,11 +13,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import re
 import sys
 from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jsonargparse import Namespace
@@ -37,7 +39,7 @@ def format_metrics(stage: str, metrics: dict) -> str:
 
     samples = get("samples")
     return (f"{stage}: cIoU={get('cIoU'):.4f} gIoU={get('gIoU'):.4f} "
-            f"P@0.5={get('P@0.5'):.4f} samples={int(samples) if samples == samples else 0}")
+            f"P@0.5={get('P@0.5'):.4f} samples={0 if math.isnan(samples) else int(samples)}")
 
 
 def default_loggers(root: str, versioned: bool) -> list[Namespace]:
@@ -142,7 +144,7 @@ class EvfCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if not cfg.get("metrics_file") or not self.trainer.is_global_zero:
             return
-        results = {name: {k: (v if v == v else None) for k, v in m.items()} for name, m in results.items()}  # NaN -> null
+        results = {name: {k: None if math.isnan(v) else v for k, v in m.items()} for name, m in results.items()}  # NaN -> null
         record = {"test": results, "seed": cfg.get("seed_everything"), "checkpoint": str(ckpt_path) if ckpt_path else None,
                   "global_step": int(self.trainer.global_step), "subcommand": self.subcommand}
         write_text_atomic(cfg.metrics_file, json.dumps(record, indent=2) + "\n")

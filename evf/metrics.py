@@ -14,7 +14,7 @@ of the gathered per-sample IoUs, so the result does not depend on how samples we
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric
@@ -72,7 +72,7 @@ class ReferringSegmentationMetrics(Metric):
         """Scalar float64 tensors: cIoU, gIoU, P@0.5 … P@0.9, no_target_acc, samples."""
         ious = dim_zero_cat(self.ious) if isinstance(self.ious, torch.Tensor) or self.ious else torch.zeros(0)
         count = max(float(self.count), 1.0)
-        f64 = dict(dtype=torch.float64, device=self.count.device)
+        f64 = {"dtype": torch.float64, "device": self.count.device}
         out = {
             "cIoU": self.inter / self.union if self.union > 0 else torch.tensor(1.0, **f64),
             "gIoU": torch.tensor(math.fsum(ious.double().tolist()) / count, **f64),

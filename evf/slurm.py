@@ -6,7 +6,7 @@ with G GPUs each needs ``--nodes=N --ntasks-per-node=G`` and ``--trainer.num_nod
 from __future__ import annotations
 
 import shlex
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def resource_lines(nodes: int, gpus: int, extra: Sequence[str] = ()) -> list[str]:

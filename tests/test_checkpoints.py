@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 
 
 def test_scheduler_steps_once_per_optimizer_step(trained):
-    module, trainer, _, _ = trained
+    _, trainer, _, _ = trained
     assert trainer.global_step == 2  # 4 batches, accumulation 2
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 2
@@ -73,7 +73,7 @@ def test_reload_restores_identical_outputs(trained):
 
 
 def test_missing_trainable_weight_still_fails(trained):
-    module, _, path, sam_weights = trained
+    _, _, path, sam_weights = trained
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     del checkpoint["state_dict"]["model.projector.0.weight"]
     fresh = build_module(sam_weights, seed=0)
@@ -83,7 +83,7 @@ def test_missing_trainable_weight_still_fails(trained):
 
 
 def test_save_frozen_weights_keeps_everything(trained):
-    module, _, _, sam_weights = trained
+    sam_weights = trained[3]
     keeper = build_module(sam_weights, seed=0, save_frozen_weights=True)
     checkpoint = {"state_dict": keeper.state_dict()}
     keeper.on_save_checkpoint(checkpoint)

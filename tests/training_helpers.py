@@ -73,7 +73,7 @@ def subprocess_env() -> dict[str, str]:
 
 def run_evf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(evf_command(*args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=timeout)
+                            timeout=timeout, check=False)
     assert result.returncode == 0, f"evf {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 

@@ -20,8 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from evf.cli import UserError
 from evf.io import write_text_atomic

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from evf.results import write_tables
 

@@ -138,8 +138,9 @@ class SyntheticRefDataModule(RefSegDataModule):
     """The embedded default: no files needed. Split sizes are sample counts per split."""
 
     def __init__(self, train_size: int = 4000, val_size: int = 100, test_size: int = 200, seed: int = 0,
-                 image_size: int = 96, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0):
-        super().__init__(batch_size, eval_batch_size, num_workers)
+                 image_size: int = 96, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
+                 embedding_cache: str | None = None):
+        super().__init__(batch_size, eval_batch_size, num_workers, embedding_cache=embedding_cache)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.seed = seed
         self.image_size = image_size

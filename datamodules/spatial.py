@@ -30,6 +30,16 @@ SEMANTIC_PREFIX = "[semantic]"
 STREAM = 17  # keeps this benchmark's random stream apart from the quickstart dataset's
 
 
+def family_of(text: str) -> str:
+    """The grammar family of an expression (for per-family scores of saved predictions)."""
+    if text.startswith(SEMANTIC_PREFIX):
+        return "semantic"
+    if " next to " in text:
+        return "next_to"
+    words = set(text.split())
+    return "relation" if words & {"left", "right", "top", "bottom", "largest", "smallest"} else "attribute"
+
+
 def extreme(target: Shape, group: list[Shape], key, margin: float) -> bool:
     """True if ``key(target)`` beats every other member of ``group`` by more than ``margin``."""
     return all(key(target) + margin < key(o) for o in group if o is not target)
@@ -151,3 +161,20 @@ class SpatialRefDataModule(RefSegDataModule):
 
     def raw_dataset(self, split: str) -> SpatialRefDataset:
         return SpatialRefDataset(split, self.sizes[split], self.seed, self.image_size)
+
+
+def family_scores(prediction_files) -> dict[str, dict[str, float]]:
+    """Per-family cIoU / gIoU / count from ``--save_predictions`` JSONL files (one ``{sentence, I, U, IoU}`` per line)."""
+    import json
+    from pathlib import Path
+
+    sums: dict[str, list[float]] = {}
+    for path in prediction_files:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            acc = sums.setdefault(family_of(row["sentence"]), [0.0, 0.0, 0.0, 0])
+            acc[0] += row["I"]
+            acc[1] += row["U"]
+            acc[2] += row["IoU"]
+            acc[3] += 1
+    return {f: {"cIoU": i / u if u else 1.0, "gIoU": s / n, "samples": n} for f, (i, u, s, n) in sorted(sums.items())}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from datamodules import DATAMODULES, SpatialRefDataModule
-from datamodules.spatial import FAMILY_WEIGHTS, SpatialRefDataset, candidates, generate_spatial_sample
+from datamodules.spatial import FAMILY_WEIGHTS, SpatialRefDataset, candidates, family_of, generate_spatial_sample
 from datamodules.synthetic import Shape, rasterize
 
 
@@ -65,6 +65,7 @@ def test_split_statistics_favour_relations():
     assert set(families) == set(FAMILY_WEIGHTS)
     assert families["relation"] + families["next_to"] > 0.6 * len(samples)
     assert all(s["mask"].sum() >= 4 for s in samples)
+    assert all(family_of(s["text"]) == s["family"] for s in samples)
 
 
 def test_vocabulary_has_no_unknown_tokens():
@@ -91,3 +92,15 @@ def test_datamodule_registered_and_batches(tiny_model):
         SpatialRefDataset("test", 3)[3]
     with pytest.raises(ValueError, match="unknown split"):
         SpatialRefDataset("dev", 3)
+
+
+def test_family_scores_from_prediction_files(tmp_path):
+    from datamodules.spatial import family_scores
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"sentence": "the top red circle", "I": 1, "U": 4, "IoU": 0.25}\n'
+                    '{"sentence": "the circle on the left", "I": 3, "U": 4, "IoU": 0.75}\n'
+                    '{"sentence": "[semantic] circle", "I": 0, "U": 0, "IoU": 1.0}\n')
+    scores = family_scores([path])
+    assert scores["relation"] == {"cIoU": 0.5, "gIoU": 0.5, "samples": 2}
+    assert scores["semantic"] == {"cIoU": 1.0, "gIoU": 1.0, "samples": 1}

@@ -117,7 +117,8 @@ def make_spatial_scene(rng: np.random.Generator, size: int, min_objects: int = 4
     return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
 
 
-def generate_spatial_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
+def generate_spatial_scene(seed: int, split: str, index: int, size: int = 96) -> tuple[dict, list[Shape], list[np.ndarray]]:
+    """The sample plus the scene it was drawn from (shapes and their visible masks), for analysis."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index, STREAM])
     while True:
         image, shapes, masks = make_spatial_scene(rng, size)
@@ -128,8 +129,32 @@ def generate_spatial_sample(seed: int, split: str, index: int, size: int = 96) -
         weights = np.array([FAMILY_WEIGHTS[f] for f in families])
         family = families[int(rng.choice(len(families), p=weights / weights.sum()))]
         text, mask = options[family][int(rng.integers(len(options[family])))]
-        return {"image": image, "mask": mask.copy(), "text": text, "id": f"{split}-{index}",
-                "image_id": f"{split}-{index}", "family": family}
+        sample = {"image": image, "mask": mask.copy(), "text": text, "id": f"{split}-{index}",
+                  "image_id": f"{split}-{index}", "family": family}
+        return sample, shapes, masks
+
+
+def generate_spatial_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
+    return generate_spatial_scene(seed, split, index, size)[0]
+
+
+def words_only_mask(text: str, shapes: list[Shape], masks: list[np.ndarray]) -> np.ndarray:
+    """The best a model that ignores the relation can do: every object matching the expression's head words.
+
+    ``the top red circle`` -> all red circles; ``the circle next to the green square`` -> all circles
+    but the anchor; attribute and semantic expressions are exact. Used for the text-only bound in docs/results.md.
+    """
+    words = text.split()
+    head = words[: words.index("next")] if "next" in words else words
+    kind = next(w for w in head if w in SHAPES) if any(w in SHAPES for w in head) else None
+    color = next((w for w in head if w in COLORS), None)
+    anchor = None
+    if "next" in words:
+        anchor_color, anchor_kind = words[-2], words[-1]
+        anchor = next(i for i, s in enumerate(shapes) if s.color == anchor_color and s.kind == anchor_kind)
+    picked = [i for i, s in enumerate(shapes) if i != anchor and (kind is None or s.kind == kind)
+              and (color is None or s.color == color)]
+    return np.logical_or.reduce([masks[i] for i in picked]) if picked else np.zeros_like(masks[0])
 
 
 class SpatialRefDataset(Dataset):

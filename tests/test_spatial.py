@@ -104,3 +104,16 @@ def test_family_scores_from_prediction_files(tmp_path):
     scores = family_scores([path])
     assert scores["relation"] == {"cIoU": 0.5, "gIoU": 0.5, "samples": 2}
     assert scores["semantic"] == {"cIoU": 1.0, "gIoU": 1.0, "samples": 1}
+
+
+def test_words_only_bound_contains_target_and_is_ambiguous_for_relations():
+    from datamodules.spatial import generate_spatial_scene, words_only_mask
+
+    for i in range(60):
+        sample, shapes, masks = generate_spatial_scene(0, "test", i)
+        guess = words_only_mask(sample["text"], shapes, masks)
+        assert np.array_equal(guess & sample["mask"], sample["mask"]), sample["text"]
+        if sample["family"] in ("relation", "next_to"):  # the words name a set; the image picks the member
+            assert guess.sum() > sample["mask"].sum(), sample["text"]
+        else:
+            assert np.array_equal(guess, sample["mask"]), sample["text"]

@@ -5,7 +5,7 @@ import difflib
 import importlib
 import inspect
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 FLAT_UNKNOWN = re.compile(r"does not accept option '([^']+)'")
 NESTED_UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")

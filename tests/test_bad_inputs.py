@@ -220,9 +220,9 @@ def test_predict_release_folder_problems(release, image, out, tmp_path, capsys):
 
 
 def test_predict_weights_of_another_architecture(release, image, out, tmp_path, capsys):
-    from safetensors.torch import load_file, save_file
-
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     other = shutil.copytree(release, tmp_path / "other")
     state = load_file(str(other / "model.safetensors"))
@@ -258,10 +258,10 @@ def test_debug_shows_the_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-m", "evf.cli", "predict", "--checkpoint", str(tmp_path / "none"),
             "--image", str(tmp_path / "none.png"), "--prompt", "x", "--out", str(tmp_path / "out")]
-    quiet = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     assert quiet.stderr.strip().splitlines()[-1].startswith("evf: error: image not found")
-    loud = subprocess.run(args + ["--debug"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    loud = subprocess.run(args + ["--debug"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "ImageReadError" in loud.stderr
 
 

@@ -38,9 +38,9 @@ def check_report(text: str, counts: list[int]) -> None:
     assert re.search(r"without cache \(SAM encoder runs\)\s+[\d.]+\s+1\.0x\s+\d+\s+[+-]\d+", text)
     assert re.search(r"with cache \(evf.cache\)\s+[\d.]+\s+[\d.]+x\s+\d+\s+[+-]\d+", text)
     assert re.search(r"N\s+batched s\s+one-per-prompt s\s+speed-up\s+peak MiB batch\s+peak MiB loop", text)
-    rows = re.findall(r"^(\d+)\s+[\d.]+\s+[\d.]+\*?\s+[\d.]+x\s+\d+\s+\d+$", text, flags=re.M)
+    rows = re.findall(r"^(\d+)\s+[\d.]+\s+[\d.]+\*?\s+[\d.]+x\s+\d+\s+\d+$", text, flags=re.MULTILINE)
     assert [int(n) for n in rows] == counts
-    diff = re.search(r"explicit softmax\(QK\^T/sqrt\(d\)\)V\s+[\d.]+\s+[\d.]+x\s+\d+\s+([\d.e+-]+)$", text, flags=re.M)
+    diff = re.search(r"explicit softmax\(QK\^T/sqrt\(d\)\)V\s+[\d.]+\s+[\d.]+x\s+\d+\s+([\d.e+-]+)$", text, flags=re.MULTILINE)
     assert diff and float(diff.group(1)) <= 1e-5
 
 

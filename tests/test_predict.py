@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
 
 from evf.cli import main as evf
 from evf.commands.predict import COLOURS, mask_names, overlay, slug
 from evf.io import read_image
+from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
 
 PROMPTS = ["the red square", "the largest circle on the left", "blue"]
 

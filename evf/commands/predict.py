@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,7 @@ def module_from_config(config: Path):
     import yaml
     from jsonargparse import ArgumentParser
 
+    from evf.config_errors import explain_config_error
     from evf.lightning import EVFSAMModule
 
     try:
@@ -111,8 +112,8 @@ def module_from_config(config: Path):
     parser.add_class_arguments(EVFSAMModule, "model", fail_untyped=False)
     try:
         parsed = parser.parse_object({"model": data["model"]})
-    except Exception as exc:  # jsonargparse reports unknown keys/bad types as ArgumentError
-        raise UserError(f"config {config}: {' '.join(str(exc).split())[:300]}") from None
+    except Exception as exc:  # noqa: BLE001 (jsonargparse raises ArgumentError, but also TypeError/ValueError)
+        raise UserError(f"config {config}: {explain_config_error(str(exc))}") from None
     return parser.instantiate_classes(parsed).model
 
 
@@ -123,7 +124,7 @@ def load_lightning_checkpoint(ckpt: Path, config: Path | None):
     module = module_from_config(config or find_run_config(ckpt))
     try:
         checkpoint = pl_load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, pickle with forbidden globals
+    except Exception as exc:  # noqa: BLE001 (truncated zip, random bytes, pickle with forbidden globals)
         raise CheckpointError(f"cannot read checkpoint {ckpt}: {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")

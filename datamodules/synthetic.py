@@ -146,4 +146,6 @@ class SyntheticRefDataModule(RefSegDataModule):
         self.image_size = image_size
 
     def raw_dataset(self, split: str) -> SyntheticRefDataset:
+        if split not in self.sizes:
+            raise ValueError(f"unknown split {split!r} of {type(self).__name__}; choose from {sorted(self.sizes)}")
         return SyntheticRefDataset(split, self.sizes[split], self.seed, self.image_size)

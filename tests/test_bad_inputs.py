@@ -155,7 +155,6 @@ def test_predict_overlong_prompt_is_truncated_with_warning(fitted, image, tmp_pa
     assert len(list((tmp_path / "out").glob("00_*.png"))) == 1
 
 
-@pytest.mark.xfail(reason="tiny BEiT-3 has 62 text positions but Beit3Encoder truncates at max_text_length=64")
 def test_predict_overlong_prompt_release_folder(release, image, tmp_path, capsys):
     with pytest.warns(UserWarning, match="truncated"):
         code = evf(predict_args(release, image, tmp_path / "out", LONG_PROMPT))
@@ -408,7 +407,6 @@ def test_cache_output_not_writable(fitted, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not command_exists("cache"), reason="evf cache not written yet")
-@pytest.mark.xfail(reason="evf cache passes an unknown split to the datamodule, whose KeyError escapes as a traceback")
 def test_cache_unknown_split(fitted, tmp_path, capsys):
     _, config = fitted
     code = evf(["cache", "--config", str(config), "--split", "trian", "--out", str(tmp_path / "cache")])

@@ -49,7 +49,8 @@ class Beit3Encoder(MultimodalEncoder):
             raise ValueError(f"depth must be within 1..{self.cfg.depth}, got {depth}")
         self.depth = depth
         self.tokenizer_path = tokenizer
-        self.max_text_length = max_text_length
+        # BEiT-3 reads text positions from row 2 on, so never tokenize past what it can embed.
+        self.max_text_length = min(max_text_length, self.cfg.max_text_positions - 2)
         self.beit3 = Beit3Model(self.cfg)
         self.out_dim = self.cfg.dim * (2 if self.feature == "concat_cls" else 1)
         if checkpoint:

@@ -27,6 +27,8 @@ from datamodules.synthetic import COLORS, SHAPES, SPLIT_IDS, Shape, rasterize, t
 
 FAMILY_WEIGHTS = {"relation": 0.6, "next_to": 0.2, "semantic": 0.12, "attribute": 0.08}
 SEMANTIC_PREFIX = "[semantic]"
+OBJECTS = (4, 6)  # objects per scene (min, max)
+RADIUS = (0.09, 0.18)  # object radius range, as a fraction of the image height
 STREAM = 17  # keeps this benchmark's random stream apart from the quickstart dataset's
 
 
@@ -93,17 +95,17 @@ def candidates(shapes: list[Shape], masks: list[np.ndarray]) -> dict[str, list[t
     return out
 
 
-def make_spatial_scene(rng: np.random.Generator, size: int, min_objects: int = 4,
-                       max_objects: int = 6) -> tuple[np.ndarray, list[Shape], list[np.ndarray]]:
+def make_spatial_scene(rng: np.random.Generator, size: int, objects: tuple[int, int] = OBJECTS,
+                       radius: tuple[float, float] = RADIUS) -> tuple[np.ndarray, list[Shape], list[np.ndarray]]:
     """Image ``uint8 [H, W, 3]``, the shapes, and each shape's visible mask (later shapes occlude earlier)."""
     h, w = size, int(rng.integers(size * 3 // 4, size * 5 // 4 + 1))
     image = texture(rng, h, w)
     kinds = rng.choice(SHAPES, size=2, replace=False)
     colors = rng.choice(list(COLORS), size=2, replace=False)
     shapes: list[Shape] = []
-    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
         for _attempt in range(30):
-            r = rng.uniform(0.09, 0.18) * size
+            r = rng.uniform(*radius) * size
             cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
             if all(np.hypot(cy - o.cy, cx - o.cx) > 0.9 * (r + o.r) for o in shapes):
                 shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(colors)), cy, cx, r))
@@ -117,16 +119,22 @@ def make_spatial_scene(rng: np.random.Generator, size: int, min_objects: int = 4
     return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
 
 
-def generate_spatial_scene(seed: int, split: str, index: int, size: int = 96) -> tuple[dict, list[Shape], list[np.ndarray]]:
-    """The sample plus the scene it was drawn from (shapes and their visible masks), for analysis."""
+def generate_spatial_scene(seed: int, split: str, index: int, size: int = 96, objects: tuple[int, int] = OBJECTS,
+                           radius: tuple[float, float] = RADIUS, family_weights: dict[str, float] | None = None,
+                           ) -> tuple[dict, list[Shape], list[np.ndarray]]:
+    """The sample plus the scene it was drawn from (shapes and their visible masks), for analysis.
+
+    ``family_weights`` (default ``FAMILY_WEIGHTS``) may leave families out; a scene that supports
+    none of the weighted families is redrawn."""
+    family_weights = family_weights or FAMILY_WEIGHTS
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index, STREAM])
     while True:
-        image, shapes, masks = make_spatial_scene(rng, size)
-        options = {f: c for f, c in candidates(shapes, masks).items() if c}
+        image, shapes, masks = make_spatial_scene(rng, size, objects, radius)
+        options = {f: c for f, c in candidates(shapes, masks).items() if c and family_weights.get(f, 0) > 0}
         if not options:
             continue
         families = sorted(options)
-        weights = np.array([FAMILY_WEIGHTS[f] for f in families])
+        weights = np.array([family_weights[f] for f in families])
         family = families[int(rng.choice(len(families), p=weights / weights.sum()))]
         text, mask = options[family][int(rng.integers(len(options[family])))]
         sample = {"image": image, "mask": mask.copy(), "text": text, "id": f"{split}-{index}",
@@ -134,8 +142,9 @@ def generate_spatial_scene(seed: int, split: str, index: int, size: int = 96) ->
         return sample, shapes, masks
 
 
-def generate_spatial_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
-    return generate_spatial_scene(seed, split, index, size)[0]
+def generate_spatial_sample(seed: int, split: str, index: int, size: int = 96, objects: tuple[int, int] = OBJECTS,
+                            radius: tuple[float, float] = RADIUS, family_weights: dict[str, float] | None = None) -> dict:
+    return generate_spatial_scene(seed, split, index, size, objects, radius, family_weights)[0]
 
 
 def words_only_mask(text: str, shapes: list[Shape], masks: list[np.ndarray]) -> np.ndarray:
@@ -158,10 +167,12 @@ def words_only_mask(text: str, shapes: list[Shape], masks: list[np.ndarray]) -> 
 
 
 class SpatialRefDataset(Dataset):
-    def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96):
+    def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96, objects: tuple[int, int] = OBJECTS,
+                 radius: tuple[float, float] = RADIUS, family_weights: dict[str, float] | None = None):
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
         self.split, self.length, self.seed, self.image_size = split, length, seed, image_size
+        self.objects, self.radius, self.family_weights = tuple(objects), tuple(radius), family_weights
 
     def __len__(self) -> int:
         return self.length
@@ -169,7 +180,8 @@ class SpatialRefDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        return generate_spatial_sample(self.seed, self.split, index, self.image_size)
+        return generate_spatial_sample(self.seed, self.split, index, self.image_size, self.objects, self.radius,
+                                       self.family_weights)
 
 
 @DATAMODULES.register("spatial", tiny={"train_size": 8, "val_size": 3, "test_size": 5, "batch_size": 2})
@@ -178,14 +190,17 @@ class SpatialRefDataModule(RefSegDataModule):
     fixed across training seeds so every run sees the same splits."""
 
     def __init__(self, train_size: int = 20000, val_size: int = 200, test_size: int = 500, seed: int = 0,
-                 image_size: int = 96, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0):
+                 image_size: int = 96, objects: tuple[int, int] = OBJECTS, radius: tuple[float, float] = RADIUS,
+                 family_weights: dict[str, float] | None = None, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0):
         super().__init__(batch_size, eval_batch_size, num_workers)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.seed = seed
         self.image_size = image_size
+        self.objects, self.radius, self.family_weights = tuple(objects), tuple(radius), family_weights
 
     def raw_dataset(self, split: str) -> SpatialRefDataset:
-        return SpatialRefDataset(split, self.sizes[split], self.seed, self.image_size)
+        return SpatialRefDataset(split, self.sizes[split], self.seed, self.image_size, self.objects, self.radius,
+                                 self.family_weights)
 
 
 def family_scores(prediction_files) -> dict[str, dict[str, float]]:

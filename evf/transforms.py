@@ -61,6 +61,14 @@ def longest_side_size(h: int, w: int, target: int) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
+def resize_longest_side_normalized(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """PIL bilinear (antialiased, uint8) resize of the longest side to ``size``, then 0-255 ImageNet norm."""
+    image = to_rgb_uint8(image)
+    h, w = longest_side_size(*image.shape[:2], size)
+    resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), IMAGENET_MEAN_255, IMAGENET_STD_255), (h, w)
+
+
 @dataclass(frozen=True)
 class Sam1View:
     """SAM-1 view: PIL bilinear resize of the longest side to ``size``, 0-255 ImageNet norm, zero-pad bottom/right.
@@ -71,10 +79,7 @@ class Sam1View:
     size: int = 1024
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        image = to_rgb_uint8(image)
-        h, w = longest_side_size(*image.shape[:2], self.size)
-        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-        x = normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), IMAGENET_MEAN_255, IMAGENET_STD_255)
+        x, (h, w) = resize_longest_side_normalized(image, self.size)
         return F.pad(x, (0, self.size - w, 0, self.size - h)), (h, w)
 
 
@@ -117,9 +122,6 @@ class LongestSideStretchView:
     size: int = 1024
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        image = to_rgb_uint8(image)
-        h, w = longest_side_size(*image.shape[:2], self.size)
-        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-        x = normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), IMAGENET_MEAN_255, IMAGENET_STD_255)
+        x, (h, w) = resize_longest_side_normalized(image, self.size)
         x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
         return x, (h, w)

@@ -6,13 +6,10 @@ patches, summed over heads, is blended over the image as ``layerNN.png``; the ra
 """
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
+from collections.abc import Sequence
 
 from evf.cli import UserError
-from evf.commands.predict import OneLineParser, first_line, load_model, prepare_out_dir
-from evf.io import read_image
+from evf.commands.predict import OneLineParser, load_inputs
 
 
 def parse_args(argv: Sequence[str]):
@@ -37,13 +34,7 @@ def main(argv: Sequence[str]) -> int:
     if not args.prompt.strip():
         raise UserError("--prompt is empty")
     parse_query(args.query)  # reject a malformed query before the slow model load
-    image = read_image(args.image)
-    folder = prepare_out_dir(args.out)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise UserError(f"bad --device {args.device!r}: {first_line(exc)}") from None
-    model = load_model(args.checkpoint, args.config).to(device).eval()
+    image, folder, model = load_inputs(args)
     maps = attention_maps(model, image, args.prompt.strip(), args.query, args.layers)
     layers = args.layers or list(range(1, len(maps) + 1))
     for path in save_heatmaps(image, maps, folder, layers):

@@ -14,6 +14,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch
 from evf.checkpoint import CheckpointError
 from evf.cli import UserError
 from evf.io import read_image, save_png_atomic
+
+if TYPE_CHECKING:  # the model is imported lazily so `evf predict --help` stays fast
+    from evf.model import EVFSAM
 
 # First colour is the official EVF-SAM overlay colour; the rest keep several masks apart.
 COLOURS = ((50, 120, 220), (220, 60, 50), (60, 180, 75), (240, 200, 30), (145, 30, 180),
@@ -201,16 +205,21 @@ def write_outputs(folder: Path, image: np.ndarray, prompts: Sequence[str], masks
     return written
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    prompts = read_prompts(args.prompt, args.prompt_file)
-    image = read_image(args.image)  # fail on a bad image before the (slow) model load
+def load_inputs(args) -> tuple[np.ndarray, Path, EVFSAM]:
+    """Image, output folder and model of an inference command; cheap checks run before the slow model load."""
+    image = read_image(args.image)
     folder = prepare_out_dir(args.out)
     try:
         device = torch.device(args.device)
     except RuntimeError as exc:
         raise UserError(f"bad --device {args.device!r}: {first_line(exc)}") from None
-    model = load_model(args.checkpoint, args.config).to(device).eval()
+    return image, folder, load_model(args.checkpoint, args.config).to(device).eval()
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    prompts = read_prompts(args.prompt, args.prompt_file)
+    image, folder, model = load_inputs(args)
     masks = model.predict(image, prompts).cpu().numpy()
     for path in write_outputs(folder, image, prompts, masks):
         print(path)

@@ -5,7 +5,6 @@ docs/errors.md lists each case and its message; keep the two in step.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -326,11 +325,7 @@ def test_lightning_output_folder_not_writable(fitted, tmp_path, capsys):
     assert blocker.read_text() == "keep me"
 
 
-# -- commands written in parallel: tested when present ---------------------------------------------
-def command_exists(name: str) -> bool:
-    return importlib.util.find_spec(f"evf.commands.{name}") is not None
-
-
+# -- prepare, cache, attention, sweep, table -------------------------------------------------------
 def refcoco_config(config: Path, tmp_path: Path, root: Path, name: str, sam: dict | None = None) -> Path:
     """The run's config reading a RefCOCO-format folder, optionally with another SAM backend."""
     import yaml
@@ -366,7 +361,6 @@ def test_lightning_dataset_root_with_zero_samples(fitted, zero_sample_root, caps
 
 
 # -- prepare --------------------------------------------------------------------------------------
-@pytest.mark.skipif(not command_exists("prepare"), reason="evf prepare not written yet")
 def test_prepare_bad_roots(zero_sample_root, tmp_path, capsys):
     code = evf(["prepare", "refcoco", "--check", "--root", str(zero_sample_root)])
     cap = capsys.readouterr()
@@ -379,7 +373,6 @@ def test_prepare_bad_roots(zero_sample_root, tmp_path, capsys):
 
 
 # -- cache ----------------------------------------------------------------------------------------
-@pytest.mark.skipif(not command_exists("cache"), reason="evf cache not written yet")
 def test_cache_from_another_backend_is_refused(fitted, tmp_path, capsys):
     from datamodules.testing.refcoco import write
 
@@ -396,7 +389,6 @@ def test_cache_from_another_backend_is_refused(fitted, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "embedding cache", "backend", "rebuild")
 
 
-@pytest.mark.skipif(not command_exists("cache"), reason="evf cache not written yet")
 def test_cache_output_not_writable(fitted, tmp_path, capsys):
     _, config = fitted
     blocker = tmp_path / "a-file"
@@ -406,7 +398,6 @@ def test_cache_output_not_writable(fitted, tmp_path, capsys):
     assert blocker.read_text() == "keep me"
 
 
-@pytest.mark.skipif(not command_exists("cache"), reason="evf cache not written yet")
 def test_cache_unknown_split(fitted, tmp_path, capsys):
     _, config = fitted
     code = evf(["cache", "--config", str(config), "--split", "trian", "--out", str(tmp_path / "cache")])
@@ -414,7 +405,6 @@ def test_cache_unknown_split(fitted, tmp_path, capsys):
 
 
 # -- attention ------------------------------------------------------------------------------------
-@pytest.mark.skipif(not command_exists("attention"), reason="evf attention not written yet")
 @pytest.mark.parametrize("extra, needle", [(["--query", "bogus"], "query must be"), (["--layers", "9"], "layers must be within"),
                                            (["--prompt", " "], "empty")])
 def test_attention_bad_arguments(release, image, out, capsys, extra, needle):
@@ -422,7 +412,6 @@ def test_attention_bad_arguments(release, image, out, capsys, extra, needle):
     check_predict_fails(capsys, args + extra, out, needle)
 
 
-@pytest.mark.skipif(not command_exists("attention"), reason="evf attention not written yet")
 def test_attention_bad_image_and_checkpoint(release, image, out, tmp_path, capsys):
     base = ["attention", "--out", str(out), "--prompt", "the square"]
     (tmp_path / "bad.png").write_bytes(png_bytes()[:500])
@@ -433,13 +422,11 @@ def test_attention_bad_image_and_checkpoint(release, image, out, tmp_path, capsy
 
 
 # -- sweep / table --------------------------------------------------------------------------------
-@pytest.mark.skipif(not command_exists("sweep"), reason="evf sweep not written yet")
 def test_sweep_missing_experiment(tmp_path, capsys):
     code = evf(["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "results")])
     assert_one_line_error(code, capsys.readouterr().err, "experiment file not found", "nope.yaml")
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.skipif(not command_exists("table"), reason="evf table not written yet")
 def test_table_missing_results_folder(tmp_path, capsys):
     assert_one_line_error(evf(["table", str(tmp_path / "none")]), capsys.readouterr().err, "no such results folder")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,9 @@ from evf.checkpoint_filter import drop_frozen, fill_frozen, frozen_state_keys, r
 from evf.io import atomic_path
 from evf.metrics import ReferringSegmentationMetrics, per_sample
 from evf.model import EVFSAM
+
+# SAM's image encoder is frozen and kept in eval mode on purpose; Lightning's notice about it is noise.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def linear_schedule(warmup: int, total: int):

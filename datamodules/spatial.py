@@ -63,6 +63,10 @@ def relations(s: Shape, group: list[Shape], noun: str) -> list[str]:
     return [text for text, ok in tests.items() if ok]
 
 
+def distance(p: Shape, q: Shape) -> float:
+    return float(np.hypot(p.cx - q.cx, p.cy - q.cy))
+
+
 def next_to(shapes: list[Shape], t: int) -> list[str]:
     """``the SHAPE next to the COLOR SHAPE``: the target is clearly the nearest of its shape to a unique anchor."""
     s, out = shapes[t], []
@@ -70,8 +74,7 @@ def next_to(shapes: list[Shape], t: int) -> list[str]:
         if a is s or sum(o.kind == a.kind and o.color == a.color for o in shapes) != 1:
             continue
         rivals = [o for o in shapes if o.kind == s.kind and o is not s and o is not a]
-        dist = lambda o: np.hypot(o.cx - a.cx, o.cy - a.cy)  # noqa: E731
-        if rivals and all(1.3 * dist(s) < dist(o) for o in rivals):
+        if rivals and all(1.3 * distance(s, a) < distance(o, a) for o in rivals):
             out.append(f"the {s.kind} next to the {a.color} {a.kind}")
     return out
 

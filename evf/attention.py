@@ -145,7 +145,6 @@ def save_heatmaps(image: np.ndarray, maps: np.ndarray, out_dir: str | os.PathLik
         path = out_dir / f"{prefix}{number:02d}.png"
         save_png_atomic(path, overlay(image, heat))
         paths.append(path)
-    with atomic_path(out_dir / "attention.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(maps, dtype=np.float32))
+    with atomic_path(out_dir / "attention.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(maps, dtype=np.float32))
     return paths

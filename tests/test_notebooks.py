@@ -1,0 +1,44 @@
+"""Both notebooks execute headless (nbclient) in tiny mode (``EVF_NOTEBOOK_TINY=1``) and produce their figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def execute(name: str, monkeypatch, tmp_path):
+    monkeypatch.setenv("EVF_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend renders figures headless
+    book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    nbclient.NotebookClient(book, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return book, outputs
+
+
+def images(outputs) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def text(outputs) -> str:
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+
+
+def test_quickstart_notebook_runs(monkeypatch, tmp_path):
+    _, outputs = execute("quickstart.ipynb", monkeypatch, tmp_path)
+    assert "test cIoU=" in text(outputs)
+    assert images(outputs) == 1  # the overlay figure
+
+
+def test_fusion_study_notebook_runs(monkeypatch, tmp_path):
+    _, outputs = execute("fusion_study.ipynb", monkeypatch, tmp_path)
+    printed = text(outputs)
+    assert "beit3_early_l1-2" in printed and "vilt_text" in printed  # every sweep row is read
+    assert images(outputs) == 2  # the results plot and the attention maps

@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,20 +17,25 @@ class ImageReadError(ValueError):
     """An image file is missing, unreadable, truncated or empty; the message names the file."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]``; gray, gray+alpha, RGBA, palette and 16-bit files are converted."""
+def open_array(path: str | os.PathLike, kind: str, keep_palette: bool) -> tuple[np.ndarray, str]:
+    """Decode an image file into an array and its PIL mode; errors name the file and what it was for."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"image not found: {path}")
+        raise ImageReadError(f"{kind} not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode == "P":
+            if im.mode == "P" and not keep_palette:
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            array = np.array(im)
+            return np.array(im), im.mode
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if array.dtype in (np.int32, np.uint32) or (array.dtype == np.uint16 and array.ndim == 2 and im.mode.startswith("I")):
+        raise ImageReadError(f"cannot read {kind} {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]``; gray, gray+alpha, RGBA, palette and 16-bit files are converted."""
+    array, mode = open_array(path, "image", keep_palette=False)
+    if array.dtype in (np.int32, np.uint32) or (array.dtype == np.uint16 and array.ndim == 2 and mode.startswith("I")):
         # PIL opens 16-bit grayscale PNGs as mode "I"/"I;16": scale to 8 bits.
         array = (np.clip(array, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
     elif array.dtype == bool:
@@ -43,14 +48,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """An index/label PNG as an integer array ``[H, W]`` (palette indices are kept, not converted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"cannot read mask {path}: {exc}") from None
+    return open_array(path, "mask", keep_palette=True)[0]
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@ so image sizes, normalisation and tokenizers never live here.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch.distributed as dist
@@ -73,7 +74,7 @@ class RefSegDataModule(L.LightningDataModule):
         """True if ``augmentation()`` moves pixels (crop, affine, flip): SAM's view is then not fixed."""
         return False
 
-    def attach(self, preprocessor: Preprocessor, sam=None) -> "RefSegDataModule":
+    def attach(self, preprocessor: Preprocessor, sam=None) -> RefSegDataModule:
         """``sam`` (the model's SAM backend) is needed only to validate an ``embedding_cache``."""
         self.preprocessor = preprocessor
         if self.embedding_cache:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 COMMANDS = {
@@ -34,9 +34,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def fail(message: str, debug: bool) -> int:
-    if debug:
-        raise
+def fail(message: str) -> int:
     print(f"evf: error: {message}", file=sys.stderr)
     return 2
 
@@ -63,9 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse/jsonargparse already printed their one-line message
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
-        return fail("interrupted", debug)
+        if debug:
+            raise
+        return fail("interrupted")
     except (UserError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        return fail(one_line(exc), debug)
+        if debug:
+            raise
+        return fail(one_line(exc))
 
 
 def one_line(exc: BaseException) -> str:

@@ -5,8 +5,9 @@ Datasets yield raw samples ``{"image": uint8 [H,W,3], "text": str, "mask": bool 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class EVFSAM(nn.Module):
 
     # -- official checkpoints -----------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "EVFSAM":
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> EVFSAM:
         """Load an official EVF-SAM release folder (config.json + weights + tokenizer) with ``strict=True``.
 
         ``path`` may also point at the weights file inside such a folder. ``kwargs`` go to ``EVFSAM``.

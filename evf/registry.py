@@ -5,8 +5,9 @@ variant, so contract tests can loop over everything registered.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

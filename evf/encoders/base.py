@@ -1,7 +1,8 @@
 """The multimodal-encoder plugin slot."""
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch

@@ -87,7 +87,7 @@ class MultiwaySelfAttention(nn.Module):
     def __init__(self, cfg: Beit3Config):
         super().__init__()
         self.heads = cfg.heads
-        linear = lambda: nn.Linear(cfg.dim, cfg.dim)  # noqa: E731
+        linear = lambda: nn.Linear(cfg.dim, cfg.dim)
         self.q_proj = Multiway(linear)
         self.k_proj = Multiway(linear)
         self.v_proj = Multiway(linear)
@@ -116,7 +116,7 @@ class MultiwaySelfAttention(nn.Module):
 class Beit3Layer(nn.Module):
     def __init__(self, cfg: Beit3Config):
         super().__init__()
-        ln = lambda: nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)  # noqa: E731
+        ln = lambda: nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.self_attn = MultiwaySelfAttention(cfg)
         self.self_attn_layer_norm = Multiway(ln)
         self.ffn = Multiway(lambda: FeedForward(cfg.dim, cfg.ffn_dim, cfg.layer_norm_eps))

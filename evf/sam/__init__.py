@@ -4,4 +4,4 @@ from evf.sam.efficientsam import EfficientSamBackend
 from evf.sam.sam1 import Sam1Backend
 from evf.sam.sam2 import Sam2Backend
 
-__all__ = ["SAM_BACKENDS", "SamBackend", "Sam1Backend", "Sam2Backend", "EfficientSamBackend"]
+__all__ = ["SAM_BACKENDS", "EfficientSamBackend", "Sam1Backend", "Sam2Backend", "SamBackend"]

@@ -5,7 +5,7 @@ the model and the LightningModule never branch on the backend type.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -23,7 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datamodules.base import DATAMODULES, RefSegDataModule
-from datamodules.synthetic import COLORS, SHAPES, SPLIT_IDS, Shape, rasterize, texture
+from datamodules.synthetic import COLORS, SHAPES, SPLIT_IDS, Shape, place_and_paint, texture
 
 FAMILY_WEIGHTS = {"relation": 0.6, "next_to": 0.2, "semantic": 0.12, "attribute": 0.08}
 SEMANTIC_PREFIX = "[semantic]"
@@ -105,20 +105,8 @@ def make_spatial_scene(rng: np.random.Generator, size: int, objects: tuple[int, 
     image = texture(rng, h, w)
     kinds = rng.choice(SHAPES, size=2, replace=False)
     colors = rng.choice(list(COLORS), size=2, replace=False)
-    shapes: list[Shape] = []
-    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
-        for _attempt in range(30):
-            r = rng.uniform(*radius) * size
-            cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
-            if all(np.hypot(cy - o.cy, cx - o.cx) > 0.9 * (r + o.r) for o in shapes):
-                shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(colors)), cy, cx, r))
-                break
-    masks = [rasterize(s, h, w) for s in shapes]
-    for s, m in zip(shapes, masks):
-        image[m] = np.asarray(COLORS[s.color]) + rng.normal(0, 6, size=(int(m.sum()), 3))
-    for i in range(len(masks)):
-        for j in range(i + 1, len(masks)):
-            masks[i] &= ~masks[j]
+    count = int(rng.integers(objects[0], objects[1] + 1))
+    shapes, masks = place_and_paint(rng, image, size, count, kinds, colors, radius)
     return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
 
 

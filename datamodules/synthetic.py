@@ -81,27 +81,36 @@ def expressions(shapes: list[Shape], t: int) -> list[str]:
     return out
 
 
-def make_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> tuple[np.ndarray, list[Shape], list[np.ndarray]]:
-    h, w = size, int(rng.integers(size * 3 // 4, size * 5 // 4 + 1))
-    image = texture(rng, h, w)
+def place_and_paint(rng: np.random.Generator, image: np.ndarray, size: int, count: int, kinds, colors,
+                    radius: tuple[float, float]) -> tuple[list[Shape], list[np.ndarray]]:
+    """Place up to ``count`` non-overlapping shapes, paint them onto ``image`` and return their visible masks.
+
+    Later shapes occlude earlier ones, so each mask keeps only its visible pixels.
+    """
+    h, w = image.shape[:2]
     shapes: list[Shape] = []
-    kinds = rng.choice(SHAPES, size=2, replace=False)  # few kinds, so relations are needed often
-    for _ in range(int(rng.integers(2, max_objects + 1))):
+    for _ in range(count):
         for _attempt in range(30):
-            r = rng.uniform(0.08, 0.2) * size
+            r = rng.uniform(*radius) * size
             cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
             if all(np.hypot(cy - o.cy, cx - o.cx) > 0.9 * (r + o.r) for o in shapes):
-                shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(list(COLORS))), cy, cx, r))
+                shapes.append(Shape(str(rng.choice(kinds)), str(rng.choice(colors)), cy, cx, r))
                 break
-    masks = []
-    for s in shapes:
-        m = rasterize(s, h, w)
+    masks = [rasterize(s, h, w) for s in shapes]
+    for s, m in zip(shapes, masks):
         image[m] = np.asarray(COLORS[s.color]) + rng.normal(0, 6, size=(int(m.sum()), 3))
-        masks.append(m)
-    # Later shapes occlude earlier ones: each mask keeps only its visible pixels.
     for i in range(len(masks)):
         for j in range(i + 1, len(masks)):
             masks[i] &= ~masks[j]
+    return shapes, masks
+
+
+def make_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> tuple[np.ndarray, list[Shape], list[np.ndarray]]:
+    h, w = size, int(rng.integers(size * 3 // 4, size * 5 // 4 + 1))
+    image = texture(rng, h, w)
+    kinds = rng.choice(SHAPES, size=2, replace=False)  # few kinds, so relations are needed often
+    count = int(rng.integers(2, max_objects + 1))
+    shapes, masks = place_and_paint(rng, image, size, count, kinds, list(COLORS), (0.08, 0.2))
     return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
 
 

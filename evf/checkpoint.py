@@ -13,7 +13,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model; the message names the file."""
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """The file's raw content (a Lightning checkpoint stays a dict with its optimizer/RNG entries)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -22,9 +23,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or a pickle with forbidden classes
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (corrupt, truncated, or a pickle with forbidden globals)
+        lines = str(exc).strip().splitlines()
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {lines[0][:200] if lines else ''}") from None
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    obj = read_checkpoint(path)
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

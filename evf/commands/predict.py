@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from evf.checkpoint import CheckpointError
+from evf.checkpoint import CheckpointError, read_checkpoint
 from evf.cli import UserError
 from evf.io import read_image, save_png_atomic
 
@@ -123,13 +123,8 @@ def module_from_config(config: Path):
 
 def load_lightning_checkpoint(ckpt: Path, config: Path | None):
     """The ``EVFSAM`` inside a ``.ckpt``, restored through ``EVFSAMModule``'s own checkpoint hooks."""
-    from lightning.fabric.utilities.cloud_io import _load as pl_load
-
     module = module_from_config(config or find_run_config(ckpt))
-    try:
-        checkpoint = pl_load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (truncated zip, random bytes, pickle with forbidden globals)
-        raise CheckpointError(f"cannot read checkpoint {ckpt}: {type(exc).__name__}: {first_line(exc)}") from None
+    checkpoint = read_checkpoint(ckpt)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")
     module.on_load_checkpoint(checkpoint)  # lets the module restore what it left out (e.g. frozen weights)

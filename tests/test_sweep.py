@@ -5,6 +5,7 @@ import csv
 import json
 import statistics
 import subprocess
+import sys
 
 import pytest
 
@@ -107,3 +108,43 @@ def test_sweep_three_configs_two_seeds_end_to_end(tmp_path):
     again = run_evf(*argv)
     assert "6 finished, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
+
+
+def rendezvous_run(tmp_path, name: str, partner: str) -> dict:
+    """A run that announces itself, then finishes only if ``partner`` has started meanwhile (within 20 s)."""
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    script = (f"import os, pathlib, sys, time; d = pathlib.Path({str(tmp_path)!r}); (d / '{name}.started').touch(); "
+              f"end = time.time() + 20\n"
+              f"while not (d / '{partner}.started').exists():\n"
+              f"    time.sleep(0.05)\n    if time.time() > end: sys.exit(1)\n"
+              f"(d / '{name}' / 'metrics.json').write_text(os.environ.get('OMP_NUM_THREADS', 'unset'))")
+    return {"name": name, "seed": 0, "run_dir": run_dir, "command": [sys.executable, "-c", script]}
+
+
+def test_jobs_run_concurrently_and_share_the_threads(tmp_path, monkeypatch):
+    from evf.commands.sweep import run_here
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    runs = [rendezvous_run(tmp_path, "a", "b"), rendezvous_run(tmp_path, "b", "a")]
+    assert run_here(runs, jobs=2) == []  # each run waits for the other: only concurrent runs both finish
+    assert [(r["run_dir"] / "metrics.json").read_text() for r in runs] == ["4", "4"]
+
+
+def test_one_job_runs_in_order_and_reports_failures(tmp_path):
+    from evf.commands.sweep import run_here
+
+    (tmp_path / "b.started").touch()  # a's partner "started", so a finishes; b waits for c, which never starts
+    runs = [rendezvous_run(tmp_path, "a", "b"), rendezvous_run(tmp_path, "b", "c")]
+    runs[1]["command"][-1] = runs[1]["command"][-1].replace("+ 20", "+ 0.5")
+    assert [r["name"] for r in run_here(runs, jobs=1)] == ["b"]
+    assert (runs[0]["run_dir"] / "metrics.json").is_file() and not (runs[1]["run_dir"] / "metrics.json").exists()
+
+
+def test_jobs_must_be_positive(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("seed_everything: 0\n")
+    assert evf_main(["sweep", str(config), "--jobs", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

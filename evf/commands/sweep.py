@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from evf.cli import UserError
@@ -40,6 +41,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", default="results", help="results folder (runs/, results.md, results.csv)")
     parser.add_argument("--base", action="append", default=[], help="YAML put before every experiment file (repeatable)")
     parser.add_argument("--metric", default="cIoU", help="table metric: cIoU, gIoU, P@0.5 ... (default cIoU)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine (default 1)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands of unfinished runs and exit")
     parser.add_argument("--slurm", action="store_true", help="run as a SLURM job array instead of here")
     parser.add_argument("--no_submit", action="store_true", help="with --slurm: only write <out>/sweep.sbatch")
@@ -94,19 +96,31 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> list[dict]:
     return runs
 
 
-def run_here(todo: list[dict], total: int) -> list[dict]:
-    failed = []
-    for k, run in enumerate(todo, 1):
-        log = run["run_dir"] / "log.txt"
-        print(f"[{k}/{len(todo)}] {run['name']} seed {run['seed']} -> {run['run_dir']}", flush=True)
-        start = time.time()
-        with open(log, "a", encoding="utf-8") as handle:
-            code = subprocess.call(run["command"], stdout=handle, stderr=subprocess.STDOUT)
-        if code != 0 or not (run["run_dir"] / METRICS_FILE).is_file():
-            print(f"  failed (exit {code}); see {log}", flush=True)
-            failed.append(run)
-        else:
-            print(f"  done in {time.time() - start:.0f}s", flush=True)
+def run_one(run: dict, env: dict[str, str]) -> tuple[bool, float]:
+    """(finished, seconds) of one run, its output appended to the run's log.txt."""
+    start = time.time()
+    with open(run["run_dir"] / "log.txt", "a", encoding="utf-8") as handle:
+        code = subprocess.call(run["command"], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    return code == 0 and (run["run_dir"] / METRICS_FILE).is_file(), time.time() - start
+
+
+def run_here(todo: list[dict], jobs: int = 1) -> list[dict]:
+    """Runs ``jobs`` at a time; with several, each child gets an equal share of the CPU threads
+    (unless ``OMP_NUM_THREADS`` is set), so parallel runs do not oversubscribe the cores."""
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    failed, done = [], 0
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, run, env): run for run in todo}
+        for future in as_completed(futures):
+            run, (ok, seconds) = futures[future], future.result()
+            done += 1
+            if ok:
+                print(f"[{done}/{len(todo)}] {run['name']} seed {run['seed']} done in {seconds:.0f}s -> {run['run_dir']}", flush=True)
+            else:
+                print(f"[{done}/{len(todo)}] {run['name']} seed {run['seed']} failed; see {run['run_dir'] / 'log.txt'}", flush=True)
+                failed.append(run)
     return failed
 
 
@@ -131,6 +145,8 @@ def submit(args: argparse.Namespace, todo: list[dict], out: Path) -> int:
 
 def main(argv: Sequence[str]) -> int:
     args, overrides = parse_args(argv)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     out = Path(args.out)
     runs = plan(args, overrides)
     todo = [r for r in runs if not r["finished"]]
@@ -148,7 +164,7 @@ def main(argv: Sequence[str]) -> int:
         write_text_atomic(run["run_dir"] / RUN_FILE, json.dumps(info, indent=2) + "\n")
     if args.slurm:
         return submit(args, todo, out) if todo else 0
-    failed = run_here(todo, len(runs))
+    failed = run_here(todo, args.jobs)
     if any(r["finished"] for r in runs) or len(failed) < len(todo):
         md, csv_path, table = write_tables(out, metric=args.metric)
         print(f"wrote {md} and {csv_path}")

@@ -1,0 +1,110 @@
+"""`evf pretrain`: miniature pre-training of the tiny SAM-1 and encoders, saved in the formats the plugins load."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.synthetic import Shape
+from evf.cli import main as evf_main
+from evf.pretrain import (
+    OUTPUTS,
+    build_encoder,
+    caption_batch,
+    location_probe,
+    mask_tokens,
+    pretrain_encoder,
+    pretrain_sam,
+    sam_prompt,
+    save_encoder,
+    scene_caption,
+)
+
+
+def test_scene_caption_names_each_visible_object_with_its_cell_in_random_order():
+    shapes = [Shape("circle", "red", 10, 10, 5), Shape("square", "blue", 50, 85, 5), Shape("star", "green", 80, 5, 5)]
+    masks = [np.ones((4, 4), bool), np.ones((4, 4), bool), np.zeros((4, 4), bool)]  # the third is hidden
+    captions = {scene_caption(shapes, masks, 90, 90, np.random.default_rng(k)) for k in range(20)}
+    assert captions == {"red circle top left and blue square middle right", "blue square middle right and red circle top left"}
+    assert scene_caption(shapes, masks, 90, 90, np.random.default_rng(0), objects=1) in {"red circle top left", "blue square middle right"}
+
+
+def test_mask_tokens_skips_bos_eos_and_padding():
+    ids = torch.tensor([[0, 5, 6, 7, 8, 2], [0, 5, 2, 1, 1, 1]])
+    padding = torch.tensor([[False] * 6, [False, False, False, True, True, True]])
+    chosen = mask_tokens(np.random.default_rng(0), ids, padding, prob=0.5)
+    assert chosen.sum(1).tolist() == [2, 1]  # half of the 4 inner tokens; at least one of a single inner token
+    assert not chosen[:, 0].any() and not chosen[0, 5] and chosen[1].tolist() == [False, True, False, False, False, False]
+
+
+def test_sam_prompt_is_a_box_around_the_mask_or_a_point_inside_it():
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 12:20] = True
+    rng, kinds = np.random.default_rng(0), set()
+    for _ in range(20):
+        prompt = sam_prompt(rng, mask, scale=2.0)
+        if "boxes" in prompt:
+            x0, y0, x1, y1 = prompt["boxes"][0].tolist()
+            assert abs(x0 - 24) <= 1.6 and abs(y0 - 10) <= 1.0 and abs(x1 - 40) <= 1.6 and abs(y1 - 20) <= 1.0  # 10 % jitter
+        else:
+            (x, y), label = prompt["points"][0][0, 0].tolist(), prompt["points"][1].item()
+            assert label == 1 and mask[int(y / 2), int(x / 2)]
+        kinds |= set(prompt)
+    assert kinds == {"boxes", "points"}
+
+
+def test_sam_pretraining_lowers_the_loss_and_restores_the_frozen_split(tmp_path):
+    from evf.sam import Sam1Backend
+
+    torch.manual_seed(0)
+    sam = Sam1Backend(variant="tiny")
+    losses = pretrain_sam(sam, steps=40, batch_size=4, lr=3e-3, log=None)
+    assert np.mean(losses[-8:]) < 0.9 * np.mean(losses[:8])
+    assert not any(p.requires_grad for p in sam.model.image_encoder.parameters())  # frozen again, as the backend expects
+    torch.save(sam.model.state_dict(), tmp_path / OUTPUTS["sam"])
+    loaded = Sam1Backend(variant="tiny", checkpoint=str(tmp_path / OUTPUTS["sam"]))
+    assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), loaded.state_dict().values()))
+
+
+@pytest.mark.parametrize("family", ["beit3", "vilt", "clip"])
+def test_encoder_pretraining_saves_what_the_plugin_loads(tmp_path, family):
+    from evf.encoders import Beit3Encoder, ClipEncoder, ViltEncoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder(family)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    objective = pretrain_encoder(encoder, steps=3, batch_size=4, log=None)
+    assert len(objective.losses) == 3 and all(np.isfinite(objective.losses))
+    assert any(not torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    path = tmp_path / OUTPUTS[family]
+    save_encoder(family, encoder, path)
+    loaded = {"beit3": lambda: Beit3Encoder(size="tiny", mode="early", checkpoint=str(path)),
+              "vilt": lambda: ViltEncoder(pretrained=str(path), mode="early"),
+              "clip": lambda: ClipEncoder(model="tiny", mode="late", checkpoint=str(path))}[family]()
+    images, text, _ = caption_batch(np.random.default_rng(1), encoder, 2)
+    encoder.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(encoder(images, text["input_ids"], text["padding_mask"]),
+                           loaded(images, text["input_ids"], text["padding_mask"]))
+
+
+def test_location_probe_scores_a_text_only_guesser_equal_on_both_images():
+    torch.manual_seed(0)
+    objective = pretrain_encoder(build_encoder("beit3"), steps=2, batch_size=4, log=None)
+    probe = location_probe(objective, samples=64)
+    assert set(probe) == {"own image", "other image"} and all(0.0 <= v <= 1.0 for v in probe.values())
+    objective.fused = lambda images, ids, padding: (torch.zeros(*ids.shape, objective.mlm_head.in_features), None)
+    blind = location_probe(objective, samples=64)
+    assert blind["own image"] == blind["other image"]  # a model that ignores the image cannot tell them apart
+
+
+def test_cli_writes_weights_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "weights"
+    assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 0
+    weights = out / OUTPUTS["beit3"]
+    stamp = weights.stat().st_mtime_ns
+    assert "masked location words right" in capsys.readouterr().out
+    assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns == stamp and sorted(p.name for p in out.iterdir()) == [OUTPUTS["beit3"]]

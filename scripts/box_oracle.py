@@ -4,6 +4,7 @@ The box says where the target is, so no text understanding is needed: the score 
 encoder can reach through this SAM backend at the same budget (docs/results.md).
 
     python scripts/box_oracle.py --steps 600
+    python scripts/box_oracle.py --steps 600 --checkpoint weights/mini/sam1_tiny.pth   # from evf pretrain's SAM
 """
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test_size", type=int, default=300)
+    p.add_argument("--checkpoint", default=None, help="tiny SAM-1 weights to start from (evf pretrain)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    sam = Sam1Backend(variant="tiny")
+    sam = Sam1Backend(variant="tiny", checkpoint=args.checkpoint)
     # The encoder only supplies the preprocessing here (views, tokenizer); it is never run.
     from evf.data import Preprocessor
 
@@ -69,7 +71,8 @@ def main() -> None:
         for batch in data.loader("test"):
             metrics.update([lg > 0 for lg in logits_for(sam, batch)], batch["masks"])
     values = metrics.compute()
-    print(f"box-prompted tiny SAM, {args.steps} steps: test cIoU={values['cIoU']:.4f} gIoU={values['gIoU']:.4f}")
+    start = "pre-trained" if args.checkpoint else "random-init"
+    print(f"box-prompted {start} tiny SAM, {args.steps} steps: test cIoU={values['cIoU']:.4f} gIoU={values['gIoU']:.4f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from evf.pretrain import (
     OUTPUTS,
     build_encoder,
     caption_batch,
+    grounding_batch,
+    grounding_probe,
     location_probe,
     mask_tokens,
     pretrain_encoder,
@@ -108,3 +110,43 @@ def test_cli_writes_weights_and_refuses_to_overwrite(tmp_path, capsys):
     assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert weights.stat().st_mtime_ns == stamp and sorted(p.name for p in out.iterdir()) == [OUTPUTS["beit3"]]
+
+
+def test_grounding_batch_names_a_unique_object_and_its_cell():
+    from evf.pretrain.scenes import caption_scene
+
+    encoder = build_encoder("beit3")
+    images, text, cells = grounding_batch(np.random.default_rng(5), encoder, 6)
+    assert images.shape == (6, 3, 32, 32) and cells.shape == (6,) and cells.min() >= 0 and cells.max() <= 8
+    # replay the generator to check each caption against its scene
+    rng = np.random.default_rng(5)
+    for k in range(6):
+        while True:
+            image, shapes, masks = caption_scene(rng)
+            unique = [s for s, m in zip(shapes, masks) if m.sum() >= 4 and sum(o.color == s.color and o.kind == s.kind for o in shapes) == 1]
+            if unique:
+                break
+        s = unique[int(rng.integers(len(unique)))]
+        h, w = image.shape[:2]
+        assert encoder.tokenizer([f"{s.color} {s.kind}"])["input_ids"][0].tolist() == \
+            text["input_ids"][k][~text["padding_mask"][k]].tolist()
+        assert int(cells[k]) == 3 * min(2, int(3 * s.cy / h)) + min(2, int(3 * s.cx / w))
+
+
+def test_grounding_pretraining_and_probe():
+    torch.manual_seed(0)
+    objective = pretrain_encoder(build_encoder("vilt"), steps=2, batch_size=4, grounding=True, log=None)
+    assert len(objective.losses) == 2 and all(np.isfinite(objective.losses))
+    probe = grounding_probe(objective, samples=64)
+    assert set(probe) == {"own image", "other image"} and all(0.0 <= v <= 1.0 for v in probe.values())
+    with pytest.raises(ValueError, match="fusion encoder"):
+        pretrain_encoder(build_encoder("clip"), steps=1, grounding=True, log=None)
+
+
+def test_cli_grounding_writes_grounded_weights_and_rejects_clip(tmp_path, capsys):
+    out = tmp_path / "weights"
+    assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--grounding", "--encoder_steps", "2"]) == 0
+    assert "named object's cell right" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["beit3_tiny_grounded.pth"]
+    assert evf_main(["pretrain", "--out", str(out), "--what", "clip", "--grounding"]) == 2
+    assert "fusion encoders only" in capsys.readouterr().err

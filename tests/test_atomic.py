@@ -214,3 +214,19 @@ def test_known_output_writers_use_the_atomic_helpers():
 ])
 def test_write_scanner(snippet, count):
     assert len(non_atomic_writes(snippet, "evf/example.py")) == count
+
+
+def test_atomic_dir_replaces_a_folder_only_when_the_block_finishes(tmp_path):
+    from evf.io import atomic_dir
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (target / "old.txt").read_text() == "old"
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert not (target / "new.txt").exists()  # nothing visible under the final name until the block ends
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["model"]

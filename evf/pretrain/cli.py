@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from evf.io import atomic_path
 from evf.pretrain.encoders import build_encoder, grounding_probe, location_probe, pretrain_encoder, save_encoder
 from evf.pretrain.sam import pretrain_sam
 
@@ -38,12 +37,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for what in args.what:
         torch.manual_seed(args.seed)
-        target, tmp = out / names[what], out / f".{names[what]}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        target = out / names[what]  # written atomically: a stopped run never leaves half-written weights
         if what == "sam":
             sam = Sam1Backend(variant="tiny")
             pretrain_sam(sam, args.sam_steps, seed=args.seed)
-            torch.save(sam.model.state_dict(), tmp)
+            with atomic_path(target) as tmp:
+                torch.save(sam.model.state_dict(), tmp)
         else:
             encoder = build_encoder(what)
             objective = pretrain_encoder(encoder, args.encoder_steps, objects=args.objects, grounding=args.grounding,
@@ -56,9 +55,6 @@ def main(argv=None) -> int:
                 probe = location_probe(objective)
                 print(f"{what}: masked location words right {probe['own image']:.1%} of the time with the caption's image, "
                       f"{probe['other image']:.1%} with another scene's (equal: the image is not used)")
-            save_encoder(what, encoder, tmp)
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # a stopped run never leaves half-written weights under the final name
+            save_encoder(what, encoder, target)
         print(f"wrote {target}")
     return 0

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evf.encoders.beit3 import Beit3Encoder
+from evf.io import atomic_dir, atomic_path
 from evf.pretrain.scenes import COLS, ROWS, caption_batch, grounding_batch, linear_schedule, mask_tokens
 
 
@@ -174,12 +175,13 @@ def build_encoder(family: str):
 
 
 def save_encoder(family: str, encoder, path: Path) -> None:
-    """In the format the encoder's own ``checkpoint`` / ``pretrained`` argument reads."""
-    path = Path(path)
+    """In the format the encoder's own ``checkpoint`` / ``pretrained`` argument reads, published atomically."""
     if family == "vilt":  # a ViLT folder: config.json + weights + vocab.txt
-        encoder.vilt.save_pretrained(path)
-        shutil.copy(Path(encoder.tokenizer.path) / "vocab.txt", path / "vocab.txt")
+        with atomic_dir(path) as tmp:
+            encoder.vilt.save_pretrained(tmp)
+            shutil.copy(Path(encoder.tokenizer.path) / "vocab.txt", tmp / "vocab.txt")
     else:
-        torch.save((encoder.beit3 if family == "beit3" else encoder.clip).state_dict(), path)
+        with atomic_path(path) as tmp:
+            torch.save((encoder.beit3 if family == "beit3" else encoder.clip).state_dict(), tmp)
 
 

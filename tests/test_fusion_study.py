@@ -55,7 +55,7 @@ def train_and_test(mode: str, sam_weights: str, beit3_weights: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # pre-training + two runs: ~15 min on 2 free cores, above the suite's 900 s default
+@pytest.mark.timeout(2400)  # pre-training + two runs: ~12 min on 2 free cores, above the suite's 900 s default
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="measured (docs/results.md): tiny early fusion does not beat text-only "
                    "within CPU budgets, from random init or from miniature pre-training; strict, so this fails once the claim holds")
 def test_early_fusion_beats_text_only_on_spatial_test_split(tmp_path):

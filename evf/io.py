@@ -23,6 +23,8 @@ def open_array(path: str | os.PathLike, kind: str, keep_palette: bool) -> tuple[
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{kind} not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"cannot read {kind} {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             im.load()

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import sys
+import zipfile
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.base import RefSegDataModule
+from evf.checkpoint import CheckpointError
 from evf.io import write_text_atomic
 from evf.lightning import EVFSAMModule
 
@@ -62,6 +64,16 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "test"
 
 
+def check_checkpoint_file(ckpt_path: str | None) -> None:
+    """A truncated or corrupt ``--ckpt_path`` file fails here, naming the file, before anything is built.
+
+    Lightning checkpoints are torch zip archives, whose index sits at the end of the file, so a cheap
+    zip check catches a copy that was cut off; "last", "best" and missing files are left to Lightning.
+    """
+    if ckpt_path and Path(ckpt_path).is_file() and not zipfile.is_zipfile(ckpt_path):
+        raise CheckpointError(f"cannot read checkpoint {ckpt_path}: truncated or corrupted (not a complete torch zip archive)")
+
+
 class EvfCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # one line naming the bad key (+ the nearest valid one) instead of jsonargparse's usage dump
@@ -71,6 +83,9 @@ class EvfCLI(LightningCLI):
             from evf.config_errors import ConfigError, explain_config_error, parser_keys
 
             raise ConfigError(explain_config_error(str(exc), parser_keys(parser))) from None
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # before Lightning reads the checkpoint's hyper-parameters
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,

@@ -102,7 +102,7 @@ def zero_width_png() -> bytes:
     ("missing", None, "image not found"),
     ("corrupt", b"this is not an image" * 10, "cannot read image"),
     ("truncated", png_bytes()[:2000], "cannot read image"),
-    ("empty-file", b"", "cannot read image"),
+    ("empty-file", b"", "the file is empty (0 bytes)"),
     ("zero-size", zero_width_png(), "cannot read image"),
 ])
 def test_predict_bad_image(release, out, tmp_path, capsys, case, content, needle):
@@ -296,12 +296,13 @@ def test_lightning_missing_checkpoint(fitted, tmp_path, capsys, subcommand):
     assert_one_line_error(code, capsys.readouterr().err, "not found", "missing.ckpt")
 
 
-def test_lightning_truncated_checkpoint(fitted, tmp_path, capsys):
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_lightning_truncated_checkpoint(fitted, tmp_path, capsys, subcommand):
     ckpt, config = fitted
     bad = tmp_path / "half.ckpt"
-    bad.write_bytes(ckpt.read_bytes()[:3000])
-    code = evf(["validate", "--config", str(config), "--ckpt_path", str(bad)])
-    assert_one_line_error(code, capsys.readouterr().err, "corrupted")
+    bad.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    code = evf([subcommand, "--config", str(config), "--ckpt_path", str(bad)])
+    assert_one_line_error(code, capsys.readouterr().err, "truncated or corrupted", "half.ckpt")
 
 
 def test_lightning_wrong_architecture_checkpoint(fitted, tmp_path, capsys):

@@ -6,7 +6,7 @@ so image sizes, normalisation and tokenizers never live here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
@@ -64,6 +64,10 @@ class RefSegDataModule(L.LightningDataModule):
 
     def raw_dataset(self, split: str) -> Dataset:
         raise NotImplementedError
+
+    def cache_images(self, split: str) -> Iterable[dict]:
+        """The raw samples whose images ``evf cache`` embeds for ``split`` (keyed by their ``image_id``)."""
+        return self.raw_dataset(split)
 
     def augmentation(self) -> Callable[[dict], dict] | None:
         """Train-time augmentation of raw samples (image and mask together); none by default."""

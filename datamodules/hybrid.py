@@ -20,7 +20,7 @@ replays the same sequence. YAML::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,10 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
         return getattr(importlib.import_module(module), cls)(**spec)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ValueError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
+
+
+def source_image_id(source: str, image_id) -> str:
+    return f"{source}/{image_id}"
 
 
 class HybridDataset(Dataset):
@@ -79,6 +83,8 @@ class HybridDataset(Dataset):
         if self.augment[source] is not None:
             sample = self.augment[source](sample)
         sample["source"] = self.names[source]
+        if sample.get("image_id") is not None:  # ids are unique within a source only
+            sample["image_id"] = source_image_id(self.names[source], sample["image_id"])
         return sample
 
 
@@ -118,6 +124,19 @@ class HybridDataModule(RefSegDataModule):
         if split == self.train_split:
             return self.train_set()
         return self.sources[self.eval_source].raw_dataset(split)
+
+    def cache_images(self, split: str) -> Iterator[dict]:
+        """Train: every image of every source (the stream draws any of them, in any epoch), under the
+        source-prefixed ids the stream's samples carry; validation and test: the eval source's."""
+        if split != self.train_split:
+            yield from self.raw_dataset(split)
+            return
+        for name, source in self.sources.items():
+            dataset = source.raw_dataset(source.train_split)
+            for k in range(len(dataset)):
+                sample = dict(dataset[k])
+                sample["image_id"] = source_image_id(name, sample.get("image_id"))
+                yield sample
 
     @property
     def geometric_augmentation(self) -> bool:

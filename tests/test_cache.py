@@ -140,3 +140,27 @@ def test_evf_cache_command_builds_what_training_accepts(tmp_path, capsys):
     dm.attach(model.preprocessor(), sam=model.sam)
     assert dm.cache.splits == ["train"] and len(dm.cache) == 3
     assert main(["cache", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "d")]) == 2
+
+
+def test_hybrid_cache_keys_images_by_source_and_covers_every_epoch(tmp_path):
+    """Two sources whose image ids collide ("train-0" ...): each image keeps its own embedding."""
+    from datamodules.hybrid import HybridDataModule
+
+    model = make_model("sam1")
+    spec = {"type": "synthetic", "train_size": 3, "val_size": 2, "test_size": 2, "image_size": 48}
+    dm = HybridDataModule({"a": {**spec, "seed": 1}, "b": {**spec, "seed": 2}}, samples_per_epoch=4, batch_size=2)
+    cache = build_cache(model.sam, {"train": dm.cache_images("train")}, tmp_path / "cache", progress=False)
+    assert sorted(cache.images) == [f"{s}/train-{k}" for s in "ab" for k in range(3)]  # 6, not 3 colliding ids
+    stream = dm.raw_dataset("train")
+    positions = range(40)  # ten epochs of the stream
+    assert {stream[p]["source"] for p in positions} == {"a", "b"}
+    model.eval()
+    for p in positions[:8]:
+        sample = stream[p]
+        cached, _ = cache.lookup(sample["image_id"])
+        pixels, _ = model.sam.image_view(sample["image"])
+        with torch.no_grad():
+            direct = model.sam.embed_images(pixels[None])[0]
+        torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-5)
+    for p in positions:  # every image any epoch draws is in the cache
+        cache.lookup(stream[p]["image_id"])

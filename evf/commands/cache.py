@@ -77,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
     splits = args.split or [datamodule.train_split]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sam = model.sam.to(device)
-    datasets = {split: datamodule.raw_dataset(split) for split in splits}
+    datasets = {split: datamodule.cache_images(split) for split in splits}
     cache = build_cache(sam, datasets, args.out, batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype)
     size = sum((Path(args.out) / s).stat().st_size for s in cache.shards)
     print(f"evf cache: {len(cache)} image embeddings ({size / 2**20:.1f} MiB, {len(cache.shards)} shard(s), "

@@ -5,7 +5,8 @@ Runs about 20 single-thread CPU processes at once. It was run once on the 16 CPU
 machine (7 min); its output is docs/fusion_study/exploration_h200_cpu.log. Needs a pre-trained tiny SAM at
 weights/mini/sam1_tiny.pth (``evf pretrain --what sam``). At that run the captions were drawn from the
 benchmark's own scenes (two colours x two shapes, so most phrases were ambiguous); ``evf.pretrain`` now
-captions scenes of any colour and shape (``caption_scene``).
+captions scenes of any colour and shape (``caption_scene``), and its location probe uses matched
+captions only (at that run it mixed in mismatched ones, so the log's probe numbers are not evidence).
 
     OUT=/tmp/explore python scripts/fusion_exploration.py
 """

@@ -91,10 +91,17 @@ def test_encoder_pretraining_saves_what_the_plugin_loads(tmp_path, family):
                            loaded(images, text["input_ids"], text["padding_mask"]))
 
 
-def test_location_probe_scores_a_text_only_guesser_equal_on_both_images():
+def test_location_probe_scores_a_text_only_guesser_equal_on_both_images(monkeypatch):
+    import evf.pretrain.encoders as encoders
+
     torch.manual_seed(0)
     objective = pretrain_encoder(build_encoder("beit3"), steps=2, batch_size=4, log=None)
+    asked = []
+    real = encoders.caption_batch
+    monkeypatch.setattr(encoders, "caption_batch", lambda *a, **k: asked.append(k) or real(*a, **k))
     probe = location_probe(objective, samples=64)
+    # only matched pairs: a negative's "own" image is another scene's, which would blur the two numbers together
+    assert asked and all(k.get("negatives") is False for k in asked)
     assert set(probe) == {"own image", "other image"} and all(0.0 <= v <= 1.0 for v in probe.values())
     objective.fused = lambda images, ids, padding: (torch.zeros(*ids.shape, objective.mlm_head.in_features), None)
     blind = location_probe(objective, samples=64)

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             elif what != "clip":
                 probe = location_probe(objective)
                 print(f"{what}: masked location words right {probe['own image']:.1%} of the time with the caption's image, "
-                      f"{probe['other image']:.1%} with another scene's (equal: the image is not used)")
+                      f"{probe['other image']:.1%} with another scene's (no gap: the image is not used)")
             save_encoder(what, encoder, target)
         print(f"wrote {target}")
     return 0

@@ -135,7 +135,8 @@ def location_probe(objective: VisionLanguageObjective, samples: int = 320, seed:
     objective.eval()
     hits, total = {"own image": 0, "other image": 0}, 0
     for _ in range(samples // 32):
-        images, text, _ = caption_batch(rng, enc, 32)
+        # every caption with its own scene: with negatives mixed in, "own" and "other" would be the same mixture
+        images, text, _ = caption_batch(rng, enc, 32, negatives=False)
         ids, padding = text["input_ids"], text["padding_mask"]
         chosen = torch.zeros_like(ids, dtype=torch.bool)
         for b in range(len(ids)):

@@ -103,7 +103,7 @@ def test_from_pretrained_errors_name_the_problem(tiny_model, tmp_path):
 
 def logits_for(model: EVFSAM, image: np.ndarray, prompts: list[str]) -> torch.Tensor:
     pre = model.preprocessor()
-    batch = pre.collate([pre(dict(image=image, text=p)) for p in prompts])
+    batch = pre.collate([pre({"image": image, "text": p}) for p in prompts])
     with torch.no_grad():
         return torch.stack(model(batch))
 

@@ -15,6 +15,7 @@ import torch
 
 from datamodules.spatial import SpatialRefDataModule
 from evf.encoders import Beit3Encoder
+from evf.lightning import linear_schedule
 from evf.metrics import ReferringSegmentationMetrics
 from evf.model import bce_dice_loss
 from evf.sam import Sam1Backend
@@ -52,7 +53,7 @@ def main() -> None:
     data = SpatialRefDataModule(test_size=args.test_size, batch_size=16).attach(pre)
     params = [q for q in sam.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / 50, max(0.0, (args.steps - s) / (args.steps - 50))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(50, args.steps))
     step = 0
     sam.train()
     while step < args.steps:

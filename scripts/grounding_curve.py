@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from evf.encoders import Beit3Encoder
+from evf.lightning import linear_schedule
 from evf.pretrain import GroundingObjective, grounding_batch, grounding_probe
-from evf.pretrain.scenes import linear_schedule
+from evf.pretrain.scenes import WARMUP_STEPS
 
 
 class GroundingBatches(IterableDataset):
@@ -48,7 +49,7 @@ def main() -> None:
     data = GroundingBatches(encoder, args.batch_size, seed=0)  # workers copy the CPU encoder for its view and tokenizer
     objective.to(device)
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.05)
-    sched = linear_schedule(opt, args.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(WARMUP_STEPS, args.steps))
     start, hits = time.time(), []
     loader = DataLoader(data, batch_size=None, num_workers=args.workers)
     for step, (images, text, cells) in zip(range(args.steps), loader):

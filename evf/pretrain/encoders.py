@@ -13,7 +13,8 @@ from torch import nn
 
 from evf.encoders.beit3 import Beit3Encoder
 from evf.io import atomic_dir, atomic_path
-from evf.pretrain.scenes import COLS, ROWS, caption_batch, grounding_batch, linear_schedule, mask_tokens
+from evf.lightning import linear_schedule
+from evf.pretrain.scenes import COLS, ROWS, WARMUP_STEPS, caption_batch, grounding_batch, mask_tokens
 
 
 def width_and_vocab(encoder) -> tuple[int, int]:
@@ -107,7 +108,7 @@ def pretrain_encoder(encoder, steps: int, batch_size: int = 32, lr: float = 1e-3
         raise ValueError("grounding pre-training needs a fusion encoder (BEiT-3 or ViLT); CLIP's towers never meet")
     objective = (GroundingObjective if grounding else ContrastiveObjective if contrastive else VisionLanguageObjective)(encoder)
     opt = torch.optim.AdamW(objective.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
-    sched = linear_schedule(opt, steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(WARMUP_STEPS, steps))
     objective.train()
     objective.losses, start = [], time.time()
     for step in range(steps):

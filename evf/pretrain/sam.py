@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from datamodules.spatial import make_spatial_scene
+from evf.lightning import linear_schedule
 from evf.model import bce_dice_loss
-from evf.pretrain.scenes import SCENE_SIZE, linear_schedule
+from evf.pretrain.scenes import SCENE_SIZE, WARMUP_STEPS
 
 
 def sam_prompt(rng: np.random.Generator, mask: np.ndarray, scale: float) -> dict[str, torch.Tensor]:
@@ -31,7 +32,7 @@ def pretrain_sam(sam, steps: int, batch_size: int = 16, lr: float = 2e-3, seed: 
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
-    sched = linear_schedule(opt, steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(WARMUP_STEPS, steps))
     model.train()
     losses, start = [], time.time()
     for step in range(steps):

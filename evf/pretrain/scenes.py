@@ -10,6 +10,12 @@ from datamodules.synthetic import COLORS, SHAPES, place_and_paint, texture
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 SCENE_SIZE = 96
+WARMUP_STEPS = 50  # linear warm-up of every pre-training run, then linear decay to 0
+
+
+def grid_cell(shape, height: int, width: int) -> tuple[int, int]:
+    """(row, column) of ``shape``'s centre in a 3x3 grid over the image."""
+    return min(2, int(3 * shape.cy / height)), min(2, int(3 * shape.cx / width))
 
 
 def scene_caption(shapes, masks, height: int, width: int, rng: np.random.Generator, objects: int | None = None) -> str:
@@ -19,7 +25,7 @@ def scene_caption(shapes, masks, height: int, width: int, rng: np.random.Generat
     phrases = []
     for s, m in zip(shapes, masks):
         if m.sum() >= 4:
-            row, col = min(2, int(3 * s.cy / height)), min(2, int(3 * s.cx / width))
+            row, col = grid_cell(s, height, width)
             phrases.append(f"{s.color} {s.kind} {ROWS[row]} {COLS[col]}")
     order = rng.permutation(len(phrases))[: objects or len(phrases)]
     return " and ".join(phrases[i] for i in order)
@@ -33,11 +39,6 @@ def caption_scene(rng: np.random.Generator, size: int = SCENE_SIZE) -> tuple[np.
     image = texture(rng, h, w)
     shapes, masks = place_and_paint(rng, image, size, int(rng.integers(3, 6)), SHAPES, list(COLORS), RADIUS)
     return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
-
-
-def linear_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int = 50):
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
 
 
 def mask_tokens(rng: np.random.Generator, ids: torch.Tensor, padding: torch.Tensor, prob: float) -> torch.Tensor:
@@ -77,10 +78,10 @@ def grounding_batch(rng: np.random.Generator, encoder, batch_size: int) -> tuple
         if not unique:
             continue
         s = unique[int(rng.integers(len(unique)))]
-        h, w = image.shape[:2]
+        row, col = grid_cell(s, *image.shape[:2])
         images.append(encoder.image_view(image))
         captions.append(f"{s.color} {s.kind}")
-        cells.append(3 * min(2, int(3 * s.cy / h)) + min(2, int(3 * s.cx / w)))
+        cells.append(3 * row + col)
     return torch.stack(images), encoder.tokenizer(captions), torch.tensor(cells)
 
 

@@ -74,14 +74,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; it replaces the folder ``path`` only if the block finishes."""
+    """Yield a temporary sibling folder; it replaces the folder ``path`` only if the block finishes.
+
+    A folder cannot be renamed over a non-empty one, so an existing ``path`` is removed just before the
+    rename: a crash in that instant leaves no folder (never a half-written one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.is_dir():
-            shutil.rmtree(path)  # a folder cannot be renamed over a non-empty one
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Text tokenizers: BEiT-3's XLM-R sentencepiece tokenizer with the ``[semantic]`` token.
+"""Text tokenizers: BEiT-3's XLM-R sentencepiece tokenizer, read from a folder as the official code reads it.
 
 All tokenizers return right-padded ``input_ids`` ``[B, L]`` and ``padding_mask`` ``[B, L]``
 (True at padding), the padding mask derived from the pad id exactly as the official code does.
@@ -6,6 +6,7 @@ All tokenizers return right-padded ``input_ids`` ``[B, L]`` and ``padding_mask``
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -15,8 +16,13 @@ from pathlib import Path
 
 import torch
 
+from evf.io import atomic_path
+
 SEMANTIC_TOKEN = "[semantic]"
 SPM_FILENAME = "sentencepiece.bpe.model"
+ADDED_TOKENS_FILENAME = "added_tokens.json"
+TOKENIZER_CONFIG_FILENAME = "tokenizer_config.json"
+XLMR_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast")
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -27,15 +33,49 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
     return {"input_ids": ids, "padding_mask": ids == pad_id}
 
 
+def base_vocab_size(spm_file: str | os.PathLike) -> int:
+    """XLM-R's id count before added tokens: 4 fairseq specials + the pieces (sp's unk/bos/eos folded
+    onto the specials) + ``<mask>`` = pieces + 2 (64002 for BEiT-3's 64000 pieces)."""
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(spm_file)).get_piece_size() + 2
+
+
+def write_semantic_token_file(folder: str | os.PathLike) -> Path:
+    """Give a tokenizer folder the multitask release layout: ``added_tokens.json`` mapping ``[semantic]``
+    to the first id after the base vocabulary. Our own training tokenizers use it; release folders never get it."""
+    folder = Path(folder)
+    path = folder / ADDED_TOKENS_FILENAME
+    with atomic_path(path) as tmp:  # the toy folder is shared by concurrent processes
+        tmp.write_text(json.dumps({SEMANTIC_TOKEN: base_vocab_size(folder / SPM_FILENAME)}) + "\n")
+    return path
+
+
+def check_tokenizer_class(folder: Path) -> None:
+    config = folder / TOKENIZER_CONFIG_FILENAME
+    if not config.is_file():
+        return
+    try:
+        name = json.loads(config.read_text()).get("tokenizer_class")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"cannot read {config}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if name is not None and name not in XLMR_CLASSES:
+        raise ValueError(f"{config}: tokenizer_class {name!r} is not BEiT-3's; expected one of {list(XLMR_CLASSES)}")
+
+
 class XlmrTokenizer:
     """XLM-R tokenizer over a folder holding ``sentencepiece.bpe.model`` (BEiT-3's ``beit3.spm``).
 
-    ``[semantic]`` is added as one special token (id 64002 with the real vocabulary).
-    Prompts longer than ``max_length`` tokens are truncated (keeping ``</s>``) with a warning.
-    Picklable, so it runs inside dataloader workers.
+    A folder is read exactly as ``AutoTokenizer.from_pretrained(folder, use_fast=False)`` reads it: its
+    ``added_tokens.json``, ``special_tokens_map.json`` and ``tokenizer_config.json`` decide the added tokens,
+    and nothing is added here. So a multitask release folder maps ``[semantic]`` to one id (64002), a plain
+    release folder splits it into ordinary pieces. A bare model file under another name (``beit3.spm``) is
+    staged as a training tokenizer: it gets ``added_tokens.json`` with ``[semantic]``, as the multitask releases.
+    ``max_length=None`` never truncates (as the official code); otherwise longer prompts are cut to
+    ``max_length`` tokens, keeping ``</s>``, with a warning. Picklable, so it runs inside dataloader workers.
     """
 
-    def __init__(self, path: str | os.PathLike, max_length: int = 64, lowercase: bool = False):
+    def __init__(self, path: str | os.PathLike, max_length: int | None = None, lowercase: bool = False):
         from transformers import XLMRobertaTokenizer
 
         path = Path(path)
@@ -45,17 +85,21 @@ class XlmrTokenizer:
             # stage the model under the file name from_pretrained looks for.
             folder = Path(tempfile.mkdtemp(prefix="evf-spm-"))
             shutil.copy(path, folder / SPM_FILENAME)
+            write_semantic_token_file(folder)
         if not (folder / SPM_FILENAME).is_file():
             raise FileNotFoundError(f"no {SPM_FILENAME} in {folder}")
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must leave room for <s> and </s> (>= 2), got {max_length}")
+        check_tokenizer_class(folder)
         self.path = str(path)
         self.max_length = max_length
         self.lowercase = lowercase
         self.tok = XLMRobertaTokenizer.from_pretrained(str(folder))
-        self.tok.add_special_tokens({"additional_special_tokens": [SEMANTIC_TOKEN]})
         if len(self.tok) <= 5:
             raise ValueError(f"tokenizer at {folder} has only {len(self.tok)} tokens: the sentencepiece model was not read")
         self.pad_id = self.tok.pad_token_id
-        self.semantic_id = self.tok.convert_tokens_to_ids(SEMANTIC_TOKEN)
+        # The id of [semantic] where the folder makes it one token; None where it is split into pieces.
+        self.semantic_id = self.tok.get_vocab().get(SEMANTIC_TOKEN)
 
     def __len__(self) -> int:
         return len(self.tok)
@@ -63,7 +107,7 @@ class XlmrTokenizer:
     def encode(self, text: str) -> list[int]:
         text = text.strip().lower() if self.lowercase else text
         ids = self.tok(text)["input_ids"]
-        if len(ids) > self.max_length:
+        if self.max_length is not None and len(ids) > self.max_length:
             warnings.warn(f"prompt of {len(ids)} tokens truncated to {self.max_length}: {text[:40]!r}...", stacklevel=2)
             ids = ids[: self.max_length - 1] + [ids[-1]]
         return ids
@@ -111,8 +155,12 @@ TOY_WORDS = (  # noqa: SIM905 - a sentence reads better than a 100-item list
 
 
 def toy_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder of the built-in toy sentencepiece model (trained once, then cached)."""
+    """Folder of the built-in toy tokenizer (trained once, then cached), laid out as a multitask release:
+    the sentencepiece model plus ``added_tokens.json`` making ``[semantic]`` one token."""
     words = list(TOY_WORDS)
     sentences = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
     sentences += [w for w in words] * 4
-    return train_sentencepiece(sentences, vocab_size=160, cache_dir=cache_dir)
+    folder = train_sentencepiece(sentences, vocab_size=160, cache_dir=cache_dir)
+    if not (folder / ADDED_TOKENS_FILENAME).is_file():  # caches made before the file existed get it now
+        write_semantic_token_file(folder)
+    return folder

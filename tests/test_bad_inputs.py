@@ -147,7 +147,7 @@ LONG_PROMPT = " ".join(["the red square on the left"] * 40)  # far beyond any to
 
 def test_predict_overlong_prompt_is_truncated_with_warning(fitted, image, tmp_path, capsys):
     ckpt, config = fitted
-    short = edited_config(config, tmp_path, "max_text_length: 64", "max_text_length: 16")
+    short = edited_config(config, tmp_path, "max_text_length: null", "max_text_length: 16")
     with pytest.warns(UserWarning, match="truncated to 16"):
         code = evf(predict_args(ckpt, image, tmp_path / "out", LONG_PROMPT, extra=["--config", str(short)]))
     assert code == 0, capsys.readouterr().err

@@ -22,7 +22,8 @@ def tok():
 
 def test_vocabulary_is_the_trained_one_not_the_v5_fallback(tok):
     sp = spm.SentencePieceProcessor(model_file=str(toy_tokenizer_dir() / SPM_FILENAME))
-    # fairseq layout: 4 specials + pieces (sp's unk/bos/eos mapped onto them) + <mask> + [semantic]
+    # fairseq layout: 4 specials + pieces (sp's unk/bos/eos mapped onto them) + <mask>, then [semantic]
+    # from the toy folder's own added_tokens.json
     assert len(tok) == sp.get_piece_size() + 1 + 1 + 1
     assert len(tok) > 50
     ids = XlmrTokenizer(toy_tokenizer_dir(), max_length=512).encode(" ".join(TOY_WORDS))
@@ -59,6 +60,7 @@ def test_model_file_under_another_name_is_read(tmp_path, tok):
     other = XlmrTokenizer(path, max_length=12)
     assert len(other) == len(tok)
     assert other.encode("the red circle") == tok.encode("the red circle")
+    assert other.semantic_id == tok.semantic_id  # a bare model file is staged with [semantic], as the toy folder
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):

@@ -31,13 +31,16 @@ class Beit3Encoder(MultimodalEncoder):
             ``concat_cls`` (image CLS ‖ text CLS); default depends on the mode.
         depth: run only the first ``depth`` layers (paper "Early L1-L12"); ``None`` = all.
         tokenizer: folder or file of BEiT-3's sentencepiece model; ``None`` = built-in toy tokenizer.
+            A folder's own files decide the added tokens (``[semantic]``), see ``XlmrTokenizer``.
+        max_text_length: cut longer prompts (with a warning); ``None`` = all the text positions the
+            model has (1022 for base/large, as the official code); larger values are lowered to that.
         checkpoint: BEiT-3 weights (official BEiT-3 or EVF-SAM file), loaded with ``strict=True``.
     """
 
     FEATURES = FEATURES
 
     def __init__(self, size: str = "large", mode: str = "early", feature: str | None = None,
-                 depth: int | None = None, tokenizer: str | None = None, max_text_length: int = 64,
+                 depth: int | None = None, tokenizer: str | None = None, max_text_length: int | None = None,
                  checkpoint: str | None = None):
         super().__init__()
         self.mode = self.check_mode(mode)
@@ -49,8 +52,9 @@ class Beit3Encoder(MultimodalEncoder):
             raise ValueError(f"depth must be within 1..{self.cfg.depth}, got {depth}")
         self.depth = depth
         self.tokenizer_path = tokenizer
-        # BEiT-3 reads text positions from row 2 on, so never tokenize past what it can embed.
-        self.max_text_length = min(max_text_length, self.cfg.max_text_positions - 2)
+        # Never tokenize past what the text position table embeds (it counts from row 2).
+        limit = self.cfg.max_text_tokens
+        self.max_text_length = limit if max_text_length is None else min(max_text_length, limit)
         self.beit3 = Beit3Model(self.cfg)
         self.out_dim = self.cfg.dim * (2 if self.feature == "concat_cls" else 1)
         if checkpoint:

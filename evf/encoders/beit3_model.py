@@ -37,6 +37,11 @@ class Beit3Config:
     def num_image_tokens(self) -> int:
         return self.num_patches + 1
 
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest text (``<s>`` and ``</s>`` included) the position table embeds: 1022 for base/large."""
+        return self.max_text_positions - POSITION_OFFSET
+
 
 BEIT3_CONFIGS = {
     "large": Beit3Config(),
@@ -193,8 +198,8 @@ class Beit3Model(nn.Module):
             pads.append(text_padding_mask)
         x = torch.cat(tokens, dim=1)
         num_text = x.shape[1] - split
-        if num_text > self.cfg.max_text_positions - POSITION_OFFSET:
-            raise ValueError(f"text of {num_text} tokens exceeds BEiT-3's {self.cfg.max_text_positions - POSITION_OFFSET} positions")
+        if num_text > self.cfg.max_text_tokens:
+            raise ValueError(f"text of {num_text} tokens exceeds BEiT-3's {self.cfg.max_text_tokens} positions")
         x = x + self.encoder.embed_positions(split, num_text).to(x.dtype)
         padding = torch.cat(pads, dim=1)
         x = x.masked_fill(padding.unsqueeze(-1), 0.0)

@@ -52,6 +52,8 @@ def write_semantic_token_file(folder: str | os.PathLike) -> Path:
 
 
 def check_tokenizer_class(folder: Path) -> None:
+    """Refuse a folder whose ``tokenizer_config.json`` names another tokenizer: the official
+    ``AutoTokenizer`` would build that one, so reading it as XLM-R would silently differ."""
     config = folder / TOKENIZER_CONFIG_FILENAME
     if not config.is_file():
         return

@@ -11,7 +11,8 @@ code's word, not ours. The official ``inference.py`` needs cv2, torchvision and 
 ``--pre-9d00853`` takes the ``inference.py`` of the commit before 9d00853 (``git show 9d00853^:inference.py``),
 whose EfficientSAM view was longest-side resize -> normalise -> stretch; its output is then stored too.
 
-The fixture holds: our config field names for the tiny model, the official state dict (seeded values), and
+The fixture holds: our config field names for the tiny model, the official state dict (seeded values on the
+fp16 grid, stored in fp16; both sides run in fp32 on exactly these values), and
 (i) the mask decoder on fixed embeddings/prompt tokens, (ii) the image encoder on a fixed image,
 (iii) a strided sample and checksums of the official 1024-px EfficientSAM view of a small uint8 image.
 """

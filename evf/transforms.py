@@ -85,7 +85,7 @@ class Sam1View:
 
 @dataclass(frozen=True)
 class SquareStretchView:
-    """SAM-2 view: stretch to ``size``² (aspect ratio not kept, no padding), then 0-255 ImageNet norm.
+    """SAM-2 and EfficientSAM view: stretch to ``size``² (aspect ratio not kept, no padding), then 0-255 ImageNet norm.
 
     ``resize="tensor"`` is the official inference/demo path: bilinear interpolation of the **uint8**
     tensor (align_corners=False, no antialias), so the stretched pixels are rounded to integers
@@ -113,8 +113,8 @@ class SquareStretchView:
 
 @dataclass(frozen=True)
 class LongestSideStretchView:
-    """EfficientSAM view of the official EVF-SAM code: the SAM-1 longest-side resize and normalisation,
-    then a bilinear stretch (float, no antialias) to ``size``² instead of zero padding.
+    """EfficientSAM view of the official EVF-SAM code before commit 9d00853 (HEAD uses ``SquareStretchView``):
+    the SAM-1 longest-side resize and normalisation, then a bilinear stretch (float, no antialias) to ``size``².
 
     Returns ``(image [3, size, size], input_size (h, w) of the longest-side resize)``.
     """

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
-from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
+from evf.sam.base import SAM_BACKENDS, SamBackend
 from evf.sam.efficientsam_model import CONFIGS, EfficientSam
-from evf.transforms import LongestSideStretchView
+from evf.transforms import LongestSideStretchView, SquareStretchView
 
 CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "")
+# Image views of the official EVF-SAM code (inference.py ``sam_preprocess(model_type="effi")``):
+VIEWS = {
+    "stretch": lambda size: SquareStretchView(size, resize="tensor"),  # HEAD (9d00853 and later)
+    "longest_side_stretch": LongestSideStretchView,  # before 9d00853: longest side, normalise, stretch
+}
 
 
 @SAM_BACKENDS.register("efficientsam", tiny={"variant": "toy"})
@@ -20,16 +26,22 @@ class EfficientSamBackend(SamBackend):
         variant: ``s`` (EfficientSAM-S, paper Tab.5), ``ti`` or ``toy`` (tests).
         checkpoint: official ``efficient_sam_vits.pt`` / ``efficient_sam_vitt.pt`` (``model`` dict) or an
             EVF-SAM file with ``visual_model.`` keys; loaded with ``strict=True``.
+        view: ``stretch`` (default): the official code since commit 9d00853 (HEAD): bilinear stretch of the
+            uint8 image to 1024x1024, then SAM's 0-255 mean/std. ``longest_side_stretch``: the code before
+            9d00853: SAM-1's longest-side resize and normalisation, then a float bilinear stretch.
         train_prompt_encoder: accepted for a uniform Tab.6 interface; text prompts use none of
             EfficientSAM's prompt-encoder parameters, so it has no effect on training.
     """
 
-    def __init__(self, variant: str = "s", checkpoint: str | None = None,
+    def __init__(self, variant: str = "s", checkpoint: str | None = None, view: str = "stretch",
                  train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
         super().__init__(train_prompt_encoder, train_mask_decoder)
         if variant not in CONFIGS:
             raise ValueError(f"unknown EfficientSAM variant {variant!r}; choose from {sorted(CONFIGS)}")
+        if view not in VIEWS:
+            raise ValueError(f"unknown EfficientSAM view {view!r}; choose from {sorted(VIEWS)}")
         self.variant = variant
+        self.view = view
         self.name = f"efficientsam_{variant}"
         self.model = EfficientSam(CONFIGS[variant])
         if checkpoint:
@@ -43,8 +55,8 @@ class EfficientSamBackend(SamBackend):
         return self.model.image_encoder
 
     @property
-    def image_view(self) -> LongestSideStretchView:
-        return LongestSideStretchView(self.image_size)
+    def image_view(self) -> SquareStretchView | LongestSideStretchView:
+        return VIEWS[self.view](self.image_size)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"prompt_encoder": self.model.prompt_encoder, "mask_decoder": self.model.mask_decoder}
@@ -65,5 +77,9 @@ class EfficientSamBackend(SamBackend):
                                        sparse.to(embeddings.dtype))
 
     def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
-        # the view stretched the resized image over the whole square, so no crop (official EvfEffiSam)
-        return upsample_logits(logits, original_size)
+        """As ``EvfEffiSamModel.postprocess_masks``: the view stretched the image over the whole square, so one
+        bilinear resize to the original size, no crop, computed in the logits' own dtype (then fp32)."""
+        shape = logits.shape
+        x = F.interpolate(logits.reshape(-1, 1, *shape[-2:]), size=tuple(int(s) for s in original_size),
+                          mode="bilinear", align_corners=False)
+        return x.reshape(*shape[:-2], *x.shape[-2:]).float()

@@ -3,19 +3,20 @@ release (yformer/EfficientSAM ``efficient_sam_vit{t,s}.pt``, ``model`` dict), so
 with ``strict=True``. No maintained package ships this model (``efficientsam`` on PyPI is EfficientViT-SAM).
 
 What differs from SAM-1: a plain ViT image encoder (global attention, absolute positions learnt at 224 px
-and resized bicubically), a prompt encoder with no dense/mask branch, and a mask decoder whose
-upscaling and MLP heads are named differently. segment-anything's two-way transformer and random
-Fourier position encoding compute exactly the same thing and are reused.
+and resized bicubically), a prompt encoder with no dense/mask branch, and a mask decoder with its own
+two-way transformer (``evf.sam.efficientsam_decoder``). Checked number for number against the official
+code by ``tests/test_efficientsam_parity.py``.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from evf.sam.efficientsam_decoder import MaskDecoder, PromptEncoder
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,19 @@ CONFIGS = {
 }
 
 
-class MLPBlock(nn.Module):
-    """``num_layers`` x (Linear, act) then a Linear ``fc``: keys ``layers.{i}.0.*`` and ``fc.*``."""
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of ``[B, C, H, W]`` (eps 1e-6, as the official neck)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+    def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
-        dims = [input_dim] + [hidden_dim] * num_layers
-        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.GELU()) for a, b in itertools.pairwise(dims))
-        self.fc = nn.Linear(hidden_dim, output_dim)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return self.fc(x)
+        centred = x - x.mean(1, keepdim=True)
+        x = centred / torch.sqrt(centred.pow(2).mean(1, keepdim=True) + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 class PatchEmbed(nn.Module):
@@ -109,8 +110,6 @@ class ImageEncoderViT(nn.Module):
 
     def __init__(self, cfg: EfficientSamConfig):
         super().__init__()
-        from segment_anything.modeling.common import LayerNorm2d
-
         self.img_size = cfg.img_size
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.encoder_dim)
         pretrain_grid = cfg.pretrain_img_size // cfg.patch_size
@@ -141,65 +140,6 @@ class ImageEncoderViT(nn.Module):
         return self.neck(x.reshape(b, h, w, c).permute(0, 3, 1, 2))
 
 
-class PromptEncoder(nn.Module):
-    """Point/box embeddings (unused by text prompts, kept for the checkpoint) and the dense position encoding."""
-
-    def __init__(self, dim: int, embedding_size: int, img_size: int):
-        super().__init__()
-        from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
-
-        self.embed_dim = dim
-        self.image_embedding_size = (embedding_size, embedding_size)
-        self.input_image_size = (img_size, img_size)
-        self.pe_layer = PositionEmbeddingRandom(dim // 2)
-        self.invalid_points = nn.Embedding(1, dim)
-        self.point_embeddings = nn.Embedding(1, dim)
-        self.bbox_top_left_embeddings = nn.Embedding(1, dim)
-        self.bbox_bottom_right_embeddings = nn.Embedding(1, dim)
-
-    def get_dense_pe(self) -> torch.Tensor:
-        return self.pe_layer(self.image_embedding_size)[None]
-
-
-class MaskDecoder(nn.Module):
-    """Tokens ``[iou, 4 masks, prompts]`` through the two-way transformer -> masks ``[N, 4, 4h, 4w]``, IoU ``[N, 4]``."""
-
-    def __init__(self, cfg: EfficientSamConfig, num_mask_tokens: int = 4):
-        super().__init__()
-        from segment_anything.modeling.transformer import TwoWayTransformer
-
-        dim = cfg.neck_dim
-        self.transformer = TwoWayTransformer(depth=cfg.decoder_depth, embedding_dim=dim,
-                                             num_heads=cfg.decoder_heads, mlp_dim=cfg.decoder_mlp_dim)
-        for block in self.transformer.layers:  # same maths, EfficientSAM's parameter names and GELU
-            block.mlp = MLPBlock(dim, cfg.decoder_mlp_dim, dim, num_layers=1)
-        self.iou_token = nn.Embedding(1, dim)
-        self.mask_tokens = nn.Embedding(num_mask_tokens, dim)
-        layers, width = [], dim
-        for i, out in enumerate(cfg.upscaling_dims):
-            norm = nn.GroupNorm(1, out) if i < len(cfg.upscaling_dims) - 1 else nn.Identity()
-            layers.append(nn.Sequential(nn.ConvTranspose2d(width, out, kernel_size=2, stride=2), norm, nn.GELU()))
-            width = out
-        self.final_output_upscaling_layers = nn.ModuleList(layers)
-        self.output_hypernetworks_mlps = nn.ModuleList(MLPBlock(dim, dim, width, 2) for _ in range(num_mask_tokens))
-        self.iou_prediction_head = MLPBlock(dim, cfg.iou_head_hidden_dim, num_mask_tokens, 2)
-
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                sparse_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embeddings ``[N, C, h, w]`` (one per prompt set), sparse ``[N, P, C]``."""
-        n = len(sparse_prompt_embeddings)
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])[None].expand(n, -1, -1)
-        tokens = torch.cat([output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], dim=1)
-        b, c, h, w = image_embeddings.shape
-        hs, src = self.transformer(image_embeddings, image_pe.expand(n, -1, -1, -1), tokens)
-        x = src.transpose(1, 2).reshape(b, c, h, w)
-        for layer in self.final_output_upscaling_layers:
-            x = layer(x)
-        hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        masks = (hyper @ x.flatten(2)).reshape(b, -1, *x.shape[-2:])
-        return masks, self.iou_prediction_head(hs[:, 0])
-
-
 class EfficientSam(nn.Module):
     """Top level with the official children: ``image_encoder``, ``prompt_encoder``, ``mask_decoder``."""
 
@@ -208,4 +148,5 @@ class EfficientSam(nn.Module):
         self.cfg = cfg
         self.image_encoder = ImageEncoderViT(cfg)
         self.prompt_encoder = PromptEncoder(cfg.neck_dim, cfg.img_size // cfg.patch_size, cfg.img_size)
-        self.mask_decoder = MaskDecoder(cfg)
+        self.mask_decoder = MaskDecoder(cfg.neck_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_dim,
+                                        cfg.upscaling_dims, cfg.iou_head_hidden_dim)

@@ -113,8 +113,8 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise ValueError(f"unknown dtype {dtype!r}; give e.g. torch.float32, 'float16' or 'bfloat16'")
 
 
-def read_release_config(path: Path) -> tuple[Path, dict, str, Path]:
-    """``(folder, config, architecture, weights file)`` of a release folder (or of a weights file in one)."""
+def read_release_config(path: Path) -> tuple[Path, dict, Path]:
+    """``(folder, config, weights file)`` of a release folder (or of a weights file in one)."""
     folder = path if path.is_dir() else path.parent
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -128,24 +128,32 @@ def read_release_config(path: Path) -> tuple[Path, dict, str, Path]:
     weights = path if path.is_file() else next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise CheckpointError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {folder}")
-    return folder, config, arch, weights
+    return folder, config, weights
+
+
+def build_without_weights(cls: type[nn.Module], config: dict, tokenizer: Path | None = None, sam21: bool = False,
+                          **kwargs) -> nn.Module:
+    """The model a release ``config`` describes, its parameters on the meta device (``sam21``: the
+    SAM-2 weights hold SAM-2.1's extra keys). ``kwargs`` go to ``cls``."""
+    backend, scales = OFFICIAL_BACKENDS[(config.get("architectures") or ["EvfSamModel"])[0]]
+    backend_kwargs = dict(scales[config["sam_scale"]])
+    if backend == "sam2" and sam21:
+        backend_kwargs["version"] = "2.1"
+    with parameters_on_meta():
+        encoder = ENCODERS.create("beit3", size=config.get("mm_extractor_scale", "large"),
+                                  tokenizer=str(tokenizer) if tokenizer else None)
+        return cls(encoder, SAM_BACKENDS.create(backend, **backend_kwargs), **kwargs)
 
 
 def load_release(cls: type[nn.Module], path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
                  device: torch.device | str | None = None, **kwargs) -> nn.Module:
     """See ``EVFSAM.from_pretrained``."""
-    folder, config, arch, weights = read_release_config(Path(path))
+    folder, config, weights = read_release_config(Path(path))
     dtype, device = as_dtype(dtype), torch.device(device or "cpu")
-    backend, scales = OFFICIAL_BACKENDS[arch]
     state = {}
     for key, tensor in iter_tensors(weights):  # each tensor converted as it arrives, its file copy dropped
         state[official_to_ours(key)] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
-    backend_kwargs = dict(scales[config["sam_scale"]])
-    if backend == "sam2" and official_to_ours(SAM21_ONLY_KEY) in state:
-        backend_kwargs["version"] = "2.1"
-    with parameters_on_meta():
-        encoder = ENCODERS.create("beit3", size=config.get("mm_extractor_scale", "large"), tokenizer=str(folder))
-        model = cls(encoder, SAM_BACKENDS.create(backend, **backend_kwargs), **kwargs)
+    model = build_without_weights(cls, config, folder, sam21=official_to_ours(SAM21_ONLY_KEY) in state, **kwargs)
     check_fit(model, state, str(weights))
     expected = model.state_dict()
     state = {k: v if v.is_floating_point() else v.to(expected[k].dtype) for k, v in state.items()}
@@ -211,6 +219,6 @@ def save_release(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype
     return folder
 
 
-__all__ = ["OFFICIAL_BACKENDS", "OFFICIAL_PREFIXES", "WEIGHT_FILES", "load_release", "official_to_ours",
+__all__ = ["OFFICIAL_BACKENDS", "OFFICIAL_PREFIXES", "WEIGHT_FILES", "build_without_weights", "load_release", "official_to_ours",
            "ours_to_official", "parameters_on_meta", "rename_official", "save_release",
            "to_official"]

@@ -1,7 +1,6 @@
 """EVF-SAM as a plain ``nn.Module``: multimodal encoder -> projector -> SAM prompt token -> mask."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,27 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evf.checkpoint import CheckpointError, load_into, load_state_dict
+from evf import release
 from evf.data import Preprocessor
-from evf.encoders import ENCODERS, MultimodalEncoder
-from evf.sam import SAM_BACKENDS, SamBackend
-
-# Official EVF-SAM top-level children -> ours (spec §1). One table, applied to key prefixes.
-OFFICIAL_PREFIXES = {
-    "visual_model.": "sam.model.",
-    "mm_extractor.beit3.": "encoder.beit3.",
-    "text_hidden_fcs.0.": "projector.",
-}
-# config.json "architectures" -> (backend registry name, {sam_scale: backend kwargs}).
-OFFICIAL_BACKENDS: dict[str, tuple[str, dict[str, dict]]] = {
-    "EvfSamModel": ("sam1", {"huge": {"variant": "vit_h"}, "large": {"variant": "vit_l"},
-                             "base": {"variant": "vit_b"}, "tiny": {"variant": "tiny"}}),
-    # The official EvfSam2Model builds SAM **2.0** (sam2_hiera_{l,t}.yaml) and was trained with SAM-2 frozen.
-    "EvfSam2Model": ("sam2", {"large": {"variant": "large", "version": "2.0"}, "tiny": {"variant": "tiny", "version": "2.0"},
-                              "toy": {"variant": "toy", "version": "2.0"}}),
-    "EvfEffiSamModel": ("efficientsam", {"small": {"variant": "s"}, "tiny": {"variant": "ti"}, "toy": {"variant": "toy"}}),
-}
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+from evf.encoders import MultimodalEncoder
+from evf.release import OFFICIAL_BACKENDS, OFFICIAL_PREFIXES, WEIGHT_FILES, rename_official  # noqa: F401 (re-exported)
+from evf.sam import SamBackend
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
@@ -103,42 +86,22 @@ class EVFSAM(nn.Module):
         logits = self.sam.postprocess(low_res[:, 0], sample["input_sizes"].tolist(), sample["original_sizes"].tolist())
         return logits > 0
 
-    # -- official checkpoints -----------------------------------------------------------------
+    # -- official release folders --------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> EVFSAM:
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
+                        device: torch.device | str | None = None, **kwargs) -> EVFSAM:
         """Load an official EVF-SAM release folder (config.json + weights + tokenizer) with ``strict=True``.
 
-        ``path`` may also point at the weights file inside such a folder. ``kwargs`` go to ``EVFSAM``.
+        ``path`` may also point at the weights file inside such a folder. Floating-point weights are
+        converted to ``dtype`` (fp32 by default; fp16 / bf16 for GPU inference, as the official
+        scripts run) and placed on ``device`` (default CPU) one tensor at a time: the process needs
+        about the model's size in memory, not more. ``kwargs`` go to ``EVFSAM``.
         """
-        path = Path(path)
-        folder = path if path.is_dir() else path.parent
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"no config.json in {folder}: not an EVF-SAM release folder")
-        config = json.loads(config_file.read_text())
-        arch = (config.get("architectures") or ["EvfSamModel"])[0]
-        if arch not in OFFICIAL_BACKENDS:
-            raise CheckpointError(f"{config_file}: unsupported architecture {arch!r}; known: {sorted(OFFICIAL_BACKENDS)}")
-        backend, scales = OFFICIAL_BACKENDS[arch]
-        scale = config.get("sam_scale")
-        if scale not in scales:
-            raise CheckpointError(f"{config_file}: unsupported sam_scale {scale!r} for {arch}")
-        weights = path if path.is_file() else next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
-        if weights is None:
-            raise CheckpointError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {folder}")
-        state = rename_official(load_state_dict(weights))
-        backend_kwargs = dict(scales[scale])
-        if backend == "sam2" and "sam.model.no_obj_embed_spatial" in state:  # a SAM-2.1-only key (spec T15)
-            backend_kwargs["version"] = "2.1"
-        encoder = ENCODERS.create("beit3", size=config.get("mm_extractor_scale", "large"), tokenizer=str(folder))
-        model = cls(encoder, SAM_BACKENDS.create(backend, **backend_kwargs), **kwargs)
-        load_into(model, state, str(weights))
-        return model
+        return release.load_release(cls, path, dtype=dtype, device=device, **kwargs)
 
-
-def rename_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        new = next((ours + key[len(theirs):] for theirs, ours in OFFICIAL_PREFIXES.items() if key.startswith(theirs)), key)
-        out[new] = value
-    return out
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | str | None = None) -> Path:
+        """Write an official release folder that ``from_pretrained`` and the official code both load:
+        config.json, model.safetensors (official key names; floating weights in ``dtype``, default
+        the model's own) and the encoder's tokenizer files. The folder is replaced as a whole.
+        """
+        return release.save_release(self, folder, dtype)

@@ -10,7 +10,8 @@ import torch
 
 from evf.checkpoint import CheckpointError
 from evf.encoders import Beit3Encoder
-from evf.model import EVFSAM, OFFICIAL_PREFIXES, bce_dice_loss
+from evf.model import EVFSAM, bce_dice_loss
+from evf.release import to_official
 from evf.sam import Sam1Backend
 from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
 from tests.test_beit3 import official_beit3_shapes
@@ -29,12 +30,6 @@ def official_evf_sam_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        theirs = next(t for t, ours in OFFICIAL_PREFIXES.items() if key.startswith(ours))
-        out[theirs + key[len(OFFICIAL_PREFIXES[theirs]):]] = value
-    return out
 
 
 def test_full_size_model_loads_official_schema_strictly_on_meta():

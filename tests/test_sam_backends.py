@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from evf.encoders import Beit3Encoder
-from evf.model import EVFSAM, rename_official
+from evf.model import EVFSAM
+from evf.release import to_official
 from evf.sam import SAM_BACKENDS, EfficientSamBackend, Sam1Backend, Sam2Backend
 from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
 from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, LongestSideStretchView, SquareStretchView
-from tests.test_beit3 import official_beit3_shapes
-from tests.test_evfsam import to_official
 
 BACKENDS = list(SAM_BACKENDS)
 
@@ -305,27 +304,6 @@ def test_official_release_loads_strictly_with_mixed_dtypes(tmp_path, arch, sam, 
         assert b.dtype == torch.float32
         tol = 2e-3 if k.startswith("sam.") else 0.0  # the SAM part went through fp16
         torch.testing.assert_close(b, a, atol=tol, rtol=tol, msg=k)
-
-
-def test_full_size_evf_sam2_matches_the_official_schema_and_count():
-    from sam2.build_sam import build_sam2
-
-    upstream = build_sam2("configs/sam2/sam2_hiera_l.yaml", ckpt_path=None, device=None)  # the upstream model, as EVF builds it
-    official = {f"visual_model.{k}": tuple(v.shape) for k, v in upstream.state_dict().items()}
-    official.update({f"mm_extractor.beit3.{k}": v for k, v in official_beit3_shapes(1024, 24, 4096).items()})
-    official.update({"text_hidden_fcs.0.0.weight": (1024, 1024), "text_hidden_fcs.0.0.bias": (1024,),
-                     "text_hidden_fcs.0.2.weight": (256, 1024), "text_hidden_fcs.0.2.bias": (256,)})
-    assert official["visual_model.image_encoder.trunk.pos_embed"] == (1, 144, 7, 7)
-    assert official["visual_model.image_encoder.trunk.pos_embed_window"] == (1, 144, 8, 8)
-    assert official["visual_model.no_mem_embed"] == (1, 1, 256)
-    assert "visual_model.memory_attention.layers.0.self_attn.q_proj.weight" in official
-    with torch.device("meta"):
-        model = EVFSAM(Beit3Encoder(size="large"), Sam2Backend(variant="large", version="2.0"))
-        tensors = {k: torch.empty(s) for k, s in official.items()}
-    assert sum(p.numel() for p in model.parameters()) == 898_444_594
-    assert sum(v.numel() for v in model.state_dict().values()) == 898_444_850
-    result = model.load_state_dict(rename_official(tensors), strict=True, assign=True)
-    assert not result.missing_keys and not result.unexpected_keys
 
 
 @pytest.mark.parametrize("sam,paper", [

@@ -8,6 +8,8 @@ level, the mask decoder with the object-score token and the high-res features, n
 """
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -20,6 +22,21 @@ VARIANTS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "model.", "")
 MASK_SELECTIONS = ("single", "best_iou", "stability")
 STRIDES = (4, 8, 16)  # the three FPN levels the mask decoder reads
+# The official EVF-SAM2 vendors SAM-2 with CXBlock's layer scale renamed ``gamma`` -> ``weight`` (spec T16),
+# so its release files name the memory-encoder fuser's two layer scales differently from the ``sam2`` package.
+FUSER_LAYER_SCALE = re.compile(r"^(.*memory_encoder\.fuser\.layers\.\d+\.)(gamma|weight)$")
+
+
+def release_key_to_sam2(key: str) -> str:
+    """A SAM-2 key as an EVF-SAM2 release names it -> the ``sam2`` package's name (other keys unchanged)."""
+    match = FUSER_LAYER_SCALE.match(key)
+    return match[1] + "gamma" if match else key
+
+
+def sam2_key_to_release(key: str) -> str:
+    """Inverse of ``release_key_to_sam2``."""
+    match = FUSER_LAYER_SCALE.match(key)
+    return match[1] + "weight" if match else key
 
 # The toy variant is the real Hiera-T config shrunk by Hydra overrides (128 px input, 32-wide SAM heads),
 # so it has every submodule of the full model, memory attention and memory encoder included.
@@ -75,7 +92,7 @@ class Sam2Backend(SamBackend):
         variant: ``tiny``, ``small``, ``base_plus``, ``large`` (Hiera sizes) or ``toy`` (tests).
         version: ``"2.0"`` (what the official EVF-SAM2 builds) or ``"2.1"``.
         checkpoint: official SAM-2 file (``sam2_hiera_large.pt``, keys under ``model``) or an EVF-SAM2
-            file (keys under ``visual_model.``); loaded with ``strict=True``.
+            file (keys under ``visual_model.``, fuser layer scales renamed, spec T16); loaded with ``strict=True``.
         mask_selection: which of the 4 mask tokens is output outside training:
             ``best_iou`` (tokens 1-3, highest predicted IoU: official multitask code),
             ``single`` (token 0) or ``stability`` (token 0 unless unstable, then ``best_iou``:
@@ -97,7 +114,8 @@ class Sam2Backend(SamBackend):
         self.resize = resize
         self.model = build_sam2_model(self.version, variant)
         if checkpoint:
-            load_into(self.model, select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES), checkpoint)
+            state = select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES)
+            load_into(self.model, {release_key_to_sam2(k): v for k, v in state.items()}, checkpoint)
         self.prompt_dim = self.model.sam_prompt_embed_dim
         self.image_size = self.model.image_size
         # conv_s0/conv_s1 belong to the mask decoder: fold them into the cached embedding only when

@@ -1,8 +1,11 @@
 """``evf prepare <dataset> --check``: validate a dataset folder before training on it.
 
 Per split: items (refs or images) and samples, missing images, unreadable images, unreadable or
-inconsistent masks/annotations, empty masks and image/annotation size mismatches. Everything but
-empty masks is fatal (the command exits non-zero).
+inconsistent masks/annotations, empty masks and image/annotation size mismatches. Everything is
+fatal (the command exits non-zero) except a few empty masks: real annotations hold the odd empty
+segmentation, but when more than ``EMPTY_MASK_LIMIT`` of a split's items (and more than one) are
+empty, the annotations were not understood (e.g. an unread segmentation format) and training on
+them would teach the model to predict nothing.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ TARGETS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "objects365": ("objects365", {"box_masks": True}, ("train", "val")),
 }
 SHOWN = 3  # example paths per problem kind
+EMPTY_MASK_LIMIT = 0.05  # fraction of a split's items with an empty mask beyond which the split fails
 
 
 @dataclass
@@ -48,9 +52,14 @@ class SplitReport:
         "empty masks": []})
 
     @property
+    def too_many_empty(self) -> bool:
+        empty = len(self.problems["empty masks"])
+        return empty > 1 and empty > EMPTY_MASK_LIMIT * self.items
+
+    @property
     def fatal(self) -> bool:
         serious = any(v for k, v in self.problems.items() if k != "empty masks")
-        return self.error is not None or self.items == 0 or serious
+        return self.error is not None or self.items == 0 or serious or self.too_many_empty
 
     def lines(self) -> list[str]:
         if self.error:
@@ -59,9 +68,12 @@ class SplitReport:
         out = [f"  {self.split}: {self.items} items{samples}"]
         for kind, examples in self.problems.items():
             if examples:
-                level = "warning" if kind == "empty masks" else "FATAL"
+                level = "warning" if kind == "empty masks" and not self.too_many_empty else "FATAL"
                 shown = "; ".join(examples[:SHOWN]) + (" ..." if len(examples) > SHOWN else "")
-                out.append(f"    {level}: {len(examples)} {kind}: {shown}")
+                share = (f" ({len(examples) / self.items:.0%} of {self.items} items, over the "
+                         f"{EMPTY_MASK_LIMIT:.0%} limit: are the segmentations in a format this loader reads?)"
+                         if kind == "empty masks" and self.too_many_empty else "")
+                out.append(f"    {level}: {len(examples)} {kind}{share}: {shown}")
         return out
 
 

@@ -56,29 +56,42 @@ def load_json(path: str | os.PathLike, what: str = "annotation file") -> Any:
 
 
 def coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """COCO ``segmentation`` (polygon list, compressed or uncompressed RLE) -> bool ``[H, W]``.
+    """COCO ``segmentation`` -> bool ``[H, W]``.
 
-    Several polygons (or RLEs) are united, as the refer toolkit sums them; an empty
+    Accepted: a list of polygons (COCO, RefCOCO/+/g), a list of RLE dicts (RefCLEF, as the refer
+    toolkit stores its saiapr masks), or one RLE dict; RLE ``counts`` compressed (str/bytes) or
+    uncompressed (list). Several parts are united, as the refer toolkit sums them; an empty
     segmentation gives an all-False mask (spec §8).
     """
     from pycocotools import mask as mask_utils
 
-    if segmentation is None or (isinstance(segmentation, list) and len(segmentation) == 0):
+    parts = segmentation if isinstance(segmentation, list) else [] if segmentation is None else [segmentation]
+    polygons = [p for p in parts if isinstance(p, list) and len(p) >= 6]  # pycocotools needs >= 3 points
+    rles = [rle_part(p, height, width) for p in parts if isinstance(p, dict)]
+    unknown = [p for p in parts if not isinstance(p, (list, dict))]
+    if unknown:
+        raise ValueError(f"unknown COCO segmentation part {type(unknown[0]).__name__} (expected polygons or RLE dicts)")
+    if polygons:
+        rles += mask_utils.frPyObjects(polygons, height, width)
+    if not rles:
         return np.zeros((height, width), dtype=bool)
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6]  # pycocotools needs >= 3 points
-        if not polygons:
-            return np.zeros((height, width), dtype=bool)
-        rles = mask_utils.frPyObjects(polygons, height, width)
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rles = [mask_utils.frPyObjects(segmentation, *segmentation["size"])]
-    elif isinstance(segmentation, dict):
-        counts = segmentation["counts"]
-        rles = [{"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}]
-    else:
-        raise ValueError(f"unknown COCO segmentation type {type(segmentation).__name__}")
     decoded = mask_utils.decode(rles)  # [H, W, K]
     return decoded.reshape(decoded.shape[0], decoded.shape[1], -1).any(axis=2)
+
+
+def rle_part(rle: dict, height: int, width: int) -> dict:
+    """One RLE dict as pycocotools' decoder takes it (compressed, bytes counts), checked against the image size."""
+    from pycocotools import mask as mask_utils
+
+    if "counts" not in rle or "size" not in rle:
+        raise ValueError(f"RLE segmentation without 'counts' and 'size' (keys: {sorted(rle)})")
+    size = [int(s) for s in rle["size"]]
+    if size != [height, width]:
+        raise ValueError(f"RLE segmentation of size {size} on an image of size {[height, width]}")
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed
+        return mask_utils.frPyObjects(rle, *size)
+    return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def encode_rle(mask: np.ndarray) -> dict:

@@ -15,11 +15,30 @@ from evf.transforms import to_rgb_uint8
 
 
 class ImageReadError(ValueError):
-    """An image file is missing, unreadable, truncated or empty; the message names the file."""
+    """An image file is missing, unreadable, truncated, empty or unusable; the message names the file."""
 
 
-def open_array(path: str | os.PathLike, kind: str, keep_palette: bool) -> tuple[np.ndarray, str]:
-    """Decode an image file into an array and its PIL mode; errors name the file and what it was for."""
+# EXIF orientation (tag 0x0112) -> the transpose that shows the pixels upright, as every viewer and
+# cv2.imread (the official demo's loader) do; 1 (or no tag) means the stored pixels are already upright.
+EXIF_ORIENTATION_TAG = 0x0112
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Longest side / shortest side. Beyond this an image cannot be a photo of anything to segment, and a
+# longest-side resize (SAM-1: 1024) would leave its short side at a pixel or none.
+MAX_ASPECT_RATIO = 100
+INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # decoded as arrays, not through PIL's convert
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextlib.contextmanager
+def opened(path: str | os.PathLike, kind: str) -> Iterator[Image.Image]:
+    """A decoded PIL image; every decoding failure becomes one ``ImageReadError`` line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{kind} not found: {path}")
@@ -28,30 +47,68 @@ def open_array(path: str | os.PathLike, kind: str, keep_palette: bool) -> tuple[
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode == "P" and not keep_palette:
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            return np.array(im), im.mode
+            yield im
+    except Image.DecompressionBombError as exc:  # PIL's size guard, raised before any pixel is decoded
+        raise ImageReadError(f"cannot read {kind} {path}: {first_line(exc).rstrip('.')} "
+                             "(the limit is 2 x PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"cannot read {kind} {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ImageReadError(f"cannot read {kind} {path}: {first_line(exc)}") from None
+
+
+def exif_orientation(im: Image.Image) -> int:
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is common in photos; the pixels are still good
+        return 1
+    return orientation if orientation in ORIENTATION_TRANSPOSE else 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation applied."""
+    orientation = exif_orientation(im)
+    return im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation != 1 else im
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> RGB ``uint8 [H, W, 3]`` (alpha dropped, not composited)."""
+    if im.mode in INTEGER_MODES:
+        # 16/32-bit grayscale (PNG opens as "I;16" or "I"): keep the high byte, as cv2.imread does;
+        # PIL's own convert would clip at 255 instead. Float images are refused by to_rgb_uint8.
+        array = np.array(im)
+        if array.dtype.kind in "iu":
+            array = (np.clip(array, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return to_rgb_uint8(array)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL asks for this route: the palette's transparency would be dropped with a warning
+    # PIL's conversion handles CMYK (and YCCK JPEGs, which it decodes to CMYK, Adobe inversion included),
+    # palettes, gray(+alpha), 1-bit, YCbCr, LAB and HSV; reading CMYK's four channels as RGBA would give a negative.
+    return np.array(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]``; gray, gray+alpha, RGBA, palette and 16-bit files are converted."""
-    array, mode = open_array(path, "image", keep_palette=False)
-    if array.dtype in (np.int32, np.uint32) or (array.dtype == np.uint16 and array.ndim == 2 and mode.startswith("I")):
-        # PIL opens 16-bit grayscale PNGs as mode "I"/"I;16": scale to 8 bits.
-        array = (np.clip(array, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
-    elif array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    try:
-        return to_rgb_uint8(array)
-    except ValueError as exc:
-        raise ImageReadError(f"unusable image {path}: {exc}") from None
+    """RGB ``uint8 [H, W, 3]``, upright as viewers show it (EXIF orientation applied, as cv2.imread does).
+
+    Gray, gray+alpha, RGBA, palette, CMYK/YCCK and 16-bit files are converted.
+    """
+    with opened(path, "image") as im:
+        w, h = im.size
+        if min(w, h) > 0 and max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+            raise ImageReadError(f"unusable image {path}: {w}x{h} pixels (width x height) is more elongated than the limit of "
+                                 f"{MAX_ASPECT_RATIO}:1 (longest side / shortest side)")
+        try:
+            return to_rgb_array(upright(im))
+        except ValueError as exc:
+            raise ImageReadError(f"unusable image {path}: {first_line(exc)} (mode {im.mode})") from None
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """An index/label PNG as an integer array ``[H, W]`` (palette indices are kept, not converted)."""
-    return open_array(path, "mask", keep_palette=True)[0]
+    """An index/label PNG as an integer array ``[H, W]`` (palette indices are kept, not converted).
+
+    Stored pixel order, no EXIF orientation: label maps carry none, and their datasets pair them with images
+    by pixel position.
+    """
+    with opened(path, "mask") as im:
+        return np.array(im)
 
 
 @contextlib.contextmanager

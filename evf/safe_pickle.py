@@ -3,14 +3,31 @@
 Those files hold only lists, dicts, tuples, strings and numbers. A plain ``pickle.load`` would
 run any callable a tampered file names, so this loader refuses every global except the two
 harmless builtin containers that older protocols reach through ``find_class`` (set, frozenset).
+
+The refer toolkit's files are Python-2 pickles: their text is stored as byte strings with no
+encoding recorded. They are decoded as UTF-8 (what the annotators' text is), with latin-1 only for
+bytes that are not valid UTF-8, so "café" stays "café" instead of becoming "cafÃ©".
 """
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
 from pathlib import Path
 from typing import Any
+
+LATIN1_FALLBACK = "evf-latin1-fallback"
+
+
+def _latin1_fallback(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: the bytes that are not valid UTF-8 are read as latin-1 (which maps every byte)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error(LATIN1_FALLBACK, _latin1_fallback)
 
 ALLOWED_GLOBALS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset")}
 
@@ -21,8 +38,9 @@ class UnsafePickleError(ValueError):
 
 class _PlainUnpickler(pickle.Unpickler):
     def __init__(self, file, source: str):
-        # Python-2 pickles (the refer toolkit's) store text as byte strings: latin1 maps them 1:1.
-        super().__init__(file, encoding="latin1")
+        # Python-2 byte strings (the refer toolkit's text): UTF-8, latin-1 only where UTF-8 fails.
+        # Python-3 pickles are unaffected: their str is always UTF-8 and their bytes stay bytes.
+        super().__init__(file, encoding="utf-8", errors=LATIN1_FALLBACK)
         self.source = source
 
     def find_class(self, module: str, name: str):

@@ -1,16 +1,20 @@
 """Tiny RefCOCO / RefCOCO+ / RefCOCOg / RefCLEF in the refer layout (``refs(*).p`` + ``instances.json``).
 
 RefCOCO-family annotations are COCO polygons (several per object, united; one empty
-segmentation); RefCLEF's are compressed RLE, as in the real files. The pickles use protocol 2,
-like the Python-2 originals.
+segmentation); RefCLEF's are lists of compressed-RLE dicts (``[{"size": [h, w], "counts": str}]``), as the
+refer toolkit's real ``refclef/instances.json`` stores its saiapr masks. The refs pickles are written as
+Python 2 wrote the originals: text as UTF-8 byte strings (``python2_pickle``).
 
     python -m datamodules.testing.refcoco OUT
 """
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,6 +30,29 @@ LAYOUT = [
     ("refclef", "unc", ("train", "val", "testA", "testB"), "images/saiapr_tc-12", True),
 ]
 CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"}, {"id": 18, "name": "dog", "supercategory": "animal"}]
+
+
+class Python2Pickler(pickle._Pickler):
+    """Pickles ``str`` as Python 2 pickled its byte ``str``: UTF-8 bytes under (SHORT_)BINSTRING opcodes,
+    with no encoding recorded (the pure-Python pickler, since the C one has no per-type hook)."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def save_byte_str(self, obj: str) -> None:
+        data = obj.encode("utf-8")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_byte_str
+
+
+def python2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
 
 
 def image_file(dataset: str, image_id: int) -> str:
@@ -48,7 +75,7 @@ def write_instances(out: Path, dataset: str, folder: str, rng: np.random.Generat
             if not rle and i == 0 and k == 0:
                 rects = []  # an empty segmentation: ground truth is an empty mask (spec §8)
             mask = rect_mask(h, w, rects)
-            segmentation = encode_rle(mask) if rle else rect_polygons(rects)
+            segmentation = [encode_rle(mask)] if rle else rect_polygons(rects)
             ys, xs = np.nonzero(mask)
             bbox = [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)] if mask.any() else [0.0] * 4
             annotations.append({"id": ann_id, "image_id": image_id, "category_id": CATEGORIES[k]["id"], "iscrowd": 0,
@@ -85,7 +112,7 @@ def write(out: str | Path, seed: int = 0) -> dict:
         write_json(out / dataset / "instances.json", instances)
         refs = make_refs(instances["annotations"], splits, rng, sent_base=1000 * (n + 1))
         (out / dataset).mkdir(parents=True, exist_ok=True)
-        (out / dataset / f"refs({split_by}).p").write_bytes(pickle.dumps(refs, protocol=2))
+        (out / dataset / f"refs({split_by}).p").write_bytes(python2_pickle(refs))
         all_refs[(dataset, split_by)] = refs
         train_refs[(dataset, split_by)] = sum(r["split"] == "train" for r in refs)
         for split in (*splits, "test") if "testA" in splits else splits:

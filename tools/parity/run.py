@@ -34,6 +34,7 @@ PROMPTS = [
      "holding a small black dog with one hand and a blue cup with the other hand, while the woman with the yellow "
      "hat walks behind him towards the bus on the right at the bottom of the picture"),
 ]
+PHOTOS = ("astronaut", "chelsea", "coffee")
 IMAGES = ("astronaut.png", "chelsea.png", "coffee.jpg")
 SAM21_ONLY = {"visual_model.no_obj_embed_spatial": (1, 64), "visual_model.obj_ptr_tpos_proj.weight": (64, 256),
               "visual_model.obj_ptr_tpos_proj.bias": (64,)}
@@ -82,11 +83,11 @@ def row(args, name: str) -> tuple[list[str], bool]:
         release = work / f"release_sam21_{args.beit}"
         if not (release / "config.json").is_file():
             add_sam21_keys(base, release)
-    flavours = [("multitask", release, list(IMAGES))]
-    if name == "sam1":  # the tokenizer flavour does not depend on the SAM family: one row checks plain folders
+    flavours = [("multitask", release, list(args.images))]
+    if name == "effi-Ti":  # the tokenizer flavour does not depend on the SAM family: the cheapest row checks it
         plain = work / f"{release.name}_plain"
         linked_copy(release, plain, skip=("added_tokens.json",))
-        flavours.append(("plain", plain, list(IMAGES[:1])))
+        flavours.append(("plain", plain, list(args.images[:1])))
     from compare import compare
 
     rows, ok = [f"### {name}: {what}, BEiT-3-{args.beit[0].upper()}", ""], True
@@ -95,11 +96,13 @@ def row(args, name: str) -> tuple[list[str], bool]:
     for flavour, folder, images in flavours:
         paths = [work / "photos" / i for i in images]
         off, ours = work / f"official_{name}_{flavour}.pt", work / f"ours_{name}_{flavour}.pt"
-        run([*official, "infer", "--checkout", args.checkout, "--family", family, "--release", folder,
-             "--images", *paths, "--prompts", prompts, "--out", off, "--device", args.device])
+        if not (args.reuse and off.is_file()):
+            run([*official, "infer", "--checkout", args.checkout, "--family", family, "--release", folder,
+                 "--images", *paths, "--prompts", prompts, "--out", off, "--device", args.device])
         check = flavour == "multitask" and not args.quick
-        run([sys.executable, HERE / "our_side.py", "--release", folder, "--images", *paths, "--prompts", prompts,
-             "--out", ours, "--device", args.device, *(["--check-formats"] if check else [])])
+        if not (args.reuse and ours.is_file()):
+            run([sys.executable, HERE / "our_side.py", "--release", folder, "--images", *paths, "--prompts", prompts,
+                 "--out", ours, "--device", args.device, *(["--check-formats"] if check else [])])
         import torch
 
         table, good = compare(torch.load(off), torch.load(ours))
@@ -115,7 +118,9 @@ def main(argv=None):
     parser.add_argument("--work", required=True, help="scratch folder (release folders of several GB are written here)")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=sorted(ROWS))
     parser.add_argument("--beit", choices=("base", "large"), default="large")
+    parser.add_argument("--images", nargs="+", default=list(IMAGES), help=f"of {PHOTOS} (.png) and coffee.jpg")
     parser.add_argument("--device", default="cpu", help="both sides run here, fp32 (TF32 off on GPUs)")
+    parser.add_argument("--reuse", action="store_true", help="keep recorded sides already in --work (resume a run)")
     parser.add_argument("--quick", action="store_true",
                         help="write model.safetensors only and skip the pytorch_model.bin == model.safetensors check")
     args = parser.parse_args(argv)
@@ -124,13 +129,14 @@ def main(argv=None):
     if not (work / "photos").is_dir():
         run([args.official_python, HERE / "official_side.py", "photos", "--out", work / "photos"])
     report, all_ok = [], True
+    report_file = work / f"report-{'-'.join(args.rows)}.md"
     for name in args.rows:
         rows, ok = row(args, name)
         report += rows + [f"within targets: {ok}", ""]
         all_ok &= ok
-        (work / "report.md").write_text("\n".join(report))
+        report_file.write_text("\n".join(report))
         print("\n".join(rows), flush=True)
-    print(f"report: {work / 'report.md'}; all rows within targets: {all_ok}")
+    print(f"report: {report_file}; all rows within targets: {all_ok}")
     return 0 if all_ok else 1
 
 

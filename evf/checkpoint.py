@@ -20,6 +20,7 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+CHUNK_BYTES = 8 << 20  # read-and-convert slice: small enough to stay in cache, large enough to amortise the calls
 
 
 class CheckpointError(RuntimeError):
@@ -49,19 +50,38 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + length
 
 
-def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each tensor read by plain file reads into its own buffer: no memory map, whose touched pages
-    would count in the process's RSS for as long as any tensor of the file is alive."""
+def iter_safetensors(path: Path, dtype: torch.dtype | None = None,
+                     device: torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each tensor read by plain file reads, straight into its final tensor when the file's dtype is
+    the wanted one, else through one small reused buffer that is converted slice by slice (``dtype``
+    applies to floating tensors). No memory map: its touched pages would count in the process's RSS for
+    as long as any tensor of the file is alive, and no second copy of a tensor is ever made."""
     header, data_start = safetensors_header(path)
+    device = torch.device(device or "cpu")
+    staging = {}  # file dtype -> reused read buffer
     with open(path, "rb") as f:
         for name, info in header.items():
-            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
-            if tensor.numel():
-                f.seek(data_start + info["data_offsets"][0])
-                buffer = memoryview(tensor.view(-1).view(torch.uint8).numpy())
-                if f.readinto(buffer) != len(buffer):
-                    raise ValueError(f"file ends inside tensor {name!r}")
-            yield name, tensor
+            stored = SAFETENSORS_DTYPES[info["dtype"]]
+            out = torch.empty(info["shape"], dtype=dtype if dtype is not None and stored.is_floating_point else stored,
+                              device=device)
+            f.seek(data_start + info["data_offsets"][0])
+            if out.dtype == stored and device.type == "cpu":
+                read_exactly(f, out.view(-1), name)
+            else:
+                step = CHUNK_BYTES // stored.itemsize
+                buffer = staging.setdefault(stored, torch.empty(step, dtype=stored))
+                for start in range(0, out.numel(), step):
+                    part = buffer[: min(step, out.numel() - start)]
+                    read_exactly(f, part, name)
+                    out.view(-1)[start:start + len(part)].copy_(part)
+            yield name, out
+
+
+def read_exactly(f, flat: torch.Tensor, name: str) -> None:
+    if flat.numel():
+        view = memoryview(flat.view(torch.uint8).numpy())
+        if f.readinto(view) != len(view):
+            raise ValueError(f"file ends inside tensor {name!r}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> object:
@@ -90,24 +110,27 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(read_checkpoint(path), path)
 
 
-def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(key, tensor)`` pairs of the file's state dict, each dropped by the reader once handed out.
+def iter_tensors(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(key, tensor)`` pairs of the file's state dict, floating tensors converted to ``dtype`` and all
+    placed on ``device`` as they are handed out, each file copy dropped by the reader once converted.
 
     safetensors: read one tensor at a time. Torch files: read whole (torch.load keeps one storage per
-    tensor), then handed out and released one by one, so converting each tensor to a wider dtype
-    as it arrives never holds more than the converted model plus one tensor of the file.
+    tensor), then converted and released one by one, so the process holds at most the converted model
+    plus what is left of the file's copy, never both in full.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         state = load_state_dict(path)
         while state:
             key = next(iter(state))
-            yield key, state.pop(key)
+            tensor = state.pop(key)
+            yield key, tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
         return
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        yield from iter_safetensors(path)
+        yield from iter_safetensors(path, dtype, torch.device(device) if device is not None else None)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise unreadable(path, exc) from None
 

@@ -86,22 +86,31 @@ def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # -- loading ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Every parameter registered inside the block is swapped for a meta-device one: no memory, and the
-    initialisers that run on it afterwards cost nothing. Buffers are built for real (they are small),
-    so the non-persistent ones (SAM-1's pixel_mean / pixel_std, ...), which no file holds, get their
-    computed values. Patches ``nn.Module.register_parameter``: build no other model in another thread."""
+    """Every parameter registered inside the block is swapped for a meta-device one (no memory), and the
+    ``torch.nn.init`` initialisers skip meta tensors: they would compute nothing, and the first one without
+    a native meta kernel (``normal_``) imports torch's compiler stack, ~5 s. Buffers are built for real
+    (they are small), so the non-persistent ones (SAM-1's pixel_mean / pixel_std, ...), which no file
+    holds, get their computed values. Patches ``torch.nn``: build no other model in another thread meanwhile."""
     register = nn.Module.register_parameter
+    initialisers = {name: getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")}
 
     def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         if param is not None and not param.is_meta:
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register(module, name, param)
 
+    def skip_on_meta(init: Callable) -> Callable:
+        return lambda tensor, *args, **kwargs: tensor if tensor.is_meta else init(tensor, *args, **kwargs)
+
     nn.Module.register_parameter = register_on_meta
+    for name, init in initialisers.items():
+        setattr(nn.init, name, skip_on_meta(init))
     try:
         yield
     finally:
         nn.Module.register_parameter = register
+        for name, init in initialisers.items():
+            setattr(nn.init, name, init)
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -151,8 +160,8 @@ def load_release(cls: type[nn.Module], path: str | os.PathLike, dtype: torch.dty
     folder, config, weights = read_release_config(Path(path))
     dtype, device = as_dtype(dtype), torch.device(device or "cpu")
     state = {}
-    for key, tensor in iter_tensors(weights):  # each tensor converted as it arrives, its file copy dropped
-        state[official_to_ours(key)] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    for key, tensor in iter_tensors(weights, dtype, device):  # each tensor converted as it is read
+        state[official_to_ours(key)] = tensor
     model = build_without_weights(cls, config, folder, sam21=official_to_ours(SAM21_ONLY_KEY) in state, **kwargs)
     check_fit(model, state, str(weights))
     expected = model.state_dict()

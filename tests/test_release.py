@@ -158,3 +158,33 @@ def test_from_pretrained_places_every_tensor_on_the_device(tmp_path, rgb_image):
     loaded = EVFSAM.from_pretrained(folder, dtype=torch.float16, device="cuda")
     assert {t.device.type for t in all_tensors(loaded).values()} == {"cuda"}
     assert {t.dtype for t in all_tensors(loaded).values() if t.is_floating_point()} == {torch.float16}
+
+
+def test_streamed_reads_convert_across_slice_boundaries(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    import evf.checkpoint
+
+    torch.manual_seed(0)
+    tensors = {"half": torch.randn(7, 13).half(), "bf16": torch.randn(100).bfloat16(), "fp32": torch.randn(3, 5),
+               "ints": torch.arange(11, dtype=torch.int64), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4),
+               "flags": torch.tensor([True, False, True])}
+    save_file(tensors, str(tmp_path / "w.safetensors"))  # written by the library, read by ours
+    monkeypatch.setattr(evf.checkpoint, "CHUNK_BYTES", 24)  # many slices per tensor, a ragged last one
+    reference = load_file(str(tmp_path / "w.safetensors"))
+    for dtype in (None, torch.float32, torch.float16):
+        got = dict(iter_tensors(tmp_path / "w.safetensors", dtype=dtype))
+        assert got.keys() == reference.keys()
+        for key, value in reference.items():
+            want = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+            assert got[key].dtype == want.dtype and torch.equal(got[key], want), (dtype, key)
+
+
+def test_truncated_safetensors_file_is_named_in_the_error(tmp_path):
+    from evf.checkpoint import CheckpointError
+
+    path = tmp_path / "w.safetensors"
+    write_safetensors(path, {"a": torch.ones(1000)})
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*w\.safetensors"):
+        list(iter_tensors(path))

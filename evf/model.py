@@ -14,6 +14,7 @@ from torch import nn
 from evf.checkpoint import CheckpointError, load_into, load_state_dict
 from evf.data import Preprocessor
 from evf.encoders import ENCODERS, MultimodalEncoder
+from evf.predictor import DEFAULT_MAX_BATCH, ImageSession
 from evf.sam import SAM_BACKENDS, SamBackend
 
 # Official EVF-SAM top-level children -> ours (spec §1). One table, applied to key prefixes.
@@ -87,21 +88,18 @@ class EVFSAM(nn.Module):
         parts = [bce_dice_loss(lg, m, self.bce_weight, self.dice_weight) for lg, m in zip(logits, masks)]
         return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, prompts: Sequence[str]) -> torch.Tensor:
-        """One boolean mask ``[N, H, W]`` per prompt; the SAM image embedding is computed once."""
+    def set_image(self, image: np.ndarray) -> ImageSession:
+        """Embed ``image`` (``uint8 [H, W, 3]``) once; the returned session answers any number of prompts."""
+        return ImageSession(self, self.preprocessor().sample(image))
+
+    def predict(self, image: np.ndarray, prompts: Sequence[str], max_batch: int | None = DEFAULT_MAX_BATCH) -> torch.Tensor:
+        """One boolean mask ``[N, H, W]`` (on the CPU) per prompt: ``set_image(image).predict(prompts, max_batch)``.
+
+        To prompt one image several times, keep the session of ``set_image`` instead of calling this again.
+        """
         if not prompts:
-            raise ValueError("give at least one prompt")
-        pre = self.preprocessor()
-        sample = pre.sample(image)
-        device = next(self.parameters()).device
-        tokens_in = pre.tokenizer(list(prompts))
-        enc = sample["enc_images"][None].expand(len(prompts), -1, -1, -1).to(device)
-        tokens = self.prompt_tokens(enc, tokens_in["input_ids"].to(device), tokens_in["padding_mask"].to(device))
-        embedding = self.sam.embed_images(sample["sam_images"][None].to(device))
-        low_res, _ = self.sam.decode(embedding, tokens)
-        logits = self.sam.postprocess(low_res[:, 0], sample["input_sizes"].tolist(), sample["original_sizes"].tolist())
-        return logits > 0
+            raise ValueError("give at least one prompt")  # before the expensive image embedding
+        return self.set_image(image).predict(prompts, max_batch)
 
     # -- official checkpoints -----------------------------------------------------------------
     @classmethod

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/inference.py             # SAM-1 ViT-B + BEiT-3-Base (~12 min on 2 quiet cores)
     OMP_NUM_THREADS=2 python benchmarks/inference.py --large     # + SAM-H + BEiT-3-L (much longer on a CPU)
+    python benchmarks/inference.py --large --device cuda:0        # on a GPU
     python benchmarks/inference.py --tiny --images 3             # tiny models: a smoke run
 
 Every model is an EVF-SAM release folder with random weights (speed and memory do not depend on the values),
@@ -9,7 +10,7 @@ written first and then loaded with ``EVFSAM.from_pretrained`` in its own subproc
 (``ru_maxrss``) belong to that model alone. Per model: load time, first prompt (``set_image`` + 1 prompt on a
 freshly loaded model), 8 prompts batched (``predict(image, 8 prompts)``), 8 prompts as 8 calls on one session
 (``set_image`` once), 8 one-shot ``predict(image, [prompt])`` calls, and bulk inference (``evf.bulk.run_bulk``,
-Lightning's predict loop, 1 CPU device) of ``--images`` PNGs x 3 prompts with outputs written. Not a test.
+Lightning's predict loop, one device) of ``--images`` PNGs x 3 prompts with outputs written. Not a test.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--large", action="store_true", help="also SAM-H + BEiT-3-L (release scale 'huge' + 'large')")
     p.add_argument("--tiny", action="store_true", help="tiny models only (smoke run)")
     p.add_argument("--images", type=int, default=20, help="images in the bulk run (3 prompts each)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0 (bulk runs on it as Lightning's one device)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads per model")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     return p.parse_args()
@@ -101,7 +103,8 @@ def measure(case: dict) -> dict:
     torch.set_num_threads(case["threads"])
     out: dict = {}
     start = time.perf_counter()
-    model = EVFSAM.from_pretrained(case["release"]).eval()
+    device = torch.device(case["device"])
+    model = EVFSAM.from_pretrained(case["release"]).eval().to(device)
     out["load_s"], out["rss_after_load_mib"] = time.perf_counter() - start, rss_mib()
     image = read_image(Path(case["images"]) / "img000.png")
     prompts = list(PROMPTS)
@@ -120,13 +123,16 @@ def measure(case: dict) -> dict:
         def write(name, img, image_prompts, masks):
             write_outputs(Path(folder) / name, img, image_prompts, masks)
 
-        out["bulk_s"] = timed(lambda: run_bulk(model, items, write, "cpu", 1, progress=False))
+        devices = [device.index or 0] if device.type == "cuda" else 1
+        out["bulk_s"] = timed(lambda: run_bulk(model, items, write, device.type, devices, progress=False))
     out["bulk_images"] = len(items)
     out["peak_rss_mib"] = rss_mib()
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 
-def run_model(name: str, root: Path, images: Path, threads: int) -> dict:
+def run_model(name: str, root: Path, images: Path, threads: int, device: str) -> dict:
     sam_scale, encoder_size, _ = MODELS[name]
     release = root / f"release-{name}"
     start = time.perf_counter()
@@ -135,7 +141,7 @@ def run_model(name: str, root: Path, images: Path, threads: int) -> dict:
     subprocess.run([sys.executable, __file__, "--case", json.dumps({"write": str(release), "sam_scale": sam_scale,
                                                                    "encoder": encoder_size})], env=env, check=True)
     written = time.perf_counter() - start
-    case = {"release": str(release), "images": str(images), "threads": threads}
+    case = {"release": str(release), "images": str(images), "threads": threads, "device": device}
     proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], env=env, capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
@@ -162,6 +168,8 @@ def report(results: dict[str, dict], args, started: float, load_before: tuple) -
         line("load: EVFSAM.from_pretrained (s)", each(lambda r: f"{r['load_s']:.1f}")),
         line("RSS after load (MiB)", each(lambda r: f"{r['rss_after_load_mib']:.0f}")),
         line("peak RSS, whole run (MiB)", each(lambda r: f"{r['peak_rss_mib']:.0f}")),
+        *([line("peak GPU memory allocated (MiB)", each(lambda r: f"{r['peak_gpu_mib']:.0f}"))]
+          if all("peak_gpu_mib" in r for r in results.values()) else []),
         line("first prompt: set_image + 1 prompt (s)", each(lambda r: f"{r['first_prompt_s']:.2f}")),
         line("8 prompts batched: predict(image, 8) (s)", each(lambda r: f"{r['batched_s']:.2f}")),
         line("8 prompts, 8 calls on one session (s)", each(lambda r: f"{r['session_s']:.2f}")),
@@ -175,7 +183,8 @@ def report(results: dict[str, dict], args, started: float, load_before: tuple) -
                                                                   f"{r['first_prompt_s']:.2f}")),
     ]
     load_after = os.getloadavg()
-    head = (f"benchmarks/inference.py: random weights, CPU, {args.threads} torch thread(s) per model, image "
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    head = (f"benchmarks/inference.py: random weights, {device}, {args.threads} torch thread(s) per model, image "
             f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, torch {torch.__version__}")
     loads = (f"load average (1/5/15 min): {' / '.join(f'{x:.2f}' for x in load_before)} before, "
              f"{' / '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs; "
@@ -198,7 +207,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="evf-bench-inference-") as tmp:
         write_images(Path(tmp) / "images", args.images)
         for name in names:
-            results[name] = run_model(name, Path(tmp), Path(tmp) / "images", args.threads)
+            results[name] = run_model(name, Path(tmp), Path(tmp) / "images", args.threads, args.device)
             shutil.rmtree(Path(tmp) / f"release-{name}", ignore_errors=True)  # the SAM-H release is ~5 GiB: free the disk early
     print(report(results, args, started, load_before))
     return 0

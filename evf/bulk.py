@@ -157,7 +157,8 @@ def run_bulk(model: EVFSAM, items: Sequence[BulkItem], write: Writer, accelerato
     """Segment every item and hand each image's masks to ``write``; returns whether this is process 0.
 
     ``devices``: a count (``accelerator="cuda", devices=4``: four GPUs, one process each) or a list of
-    device indices (``[1]``: GPU 1 only). Nothing is kept in memory after an image is written.
+    device indices (``[1]``: GPU 1 only). Nothing is kept in memory after an image is written. Like every
+    Lightning run, it leaves ``model`` on the CPU in eval mode.
     """
     if not items:
         raise ValueError("no images to segment")

@@ -66,7 +66,7 @@ def resolve_specs(specs: Sequence[str], exclude: str | os.PathLike | None = None
     exclude_dir = Path(os.path.abspath(exclude)) if exclude is not None else None
     images, bases = [], []
     for spec in specs:
-        if is_glob(spec):
+        if is_glob(spec) and not os.path.exists(spec):  # an existing "img[1].png" is a file, not a pattern
             found = sorted(os.path.abspath(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
             found = [p for p in found if exclude_dir is None or not Path(p).is_relative_to(exclude_dir)]
             if not found:

@@ -118,6 +118,12 @@ def test_folder_skips_hidden_and_non_images(photos, tmp_path):
     (photos / ".hidden.png").unlink()
 
 
+def test_existing_file_with_glob_characters_is_a_file(tmp_path):
+    odd = write_image(tmp_path / "odd[1].png")
+    write_image(tmp_path / "odd1.png")  # what the name would match as a pattern
+    assert resolve_specs([str(odd)])[0] == [str(odd)]
+
+
 def test_image_stream_shards_without_repeats(monkeypatch, photos):
     items = [BulkItem(photos / name, ("p",), Path(name)) for name in sorted(IMAGES)] * 2  # 6 items on 4 processes
     seen = []

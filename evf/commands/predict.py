@@ -235,7 +235,10 @@ def load_inputs(args) -> tuple[np.ndarray, Path, EVFSAM]:
 
 def is_one_image_file(args) -> bool:
     """The single-image form (outputs straight into ``--out``): one ``--image`` that is neither a folder nor a glob."""
-    return args.manifest is None and len(args.image) == 1 and not is_glob(args.image[0]) and not Path(args.image[0]).is_dir()
+    if args.manifest is not None or len(args.image) != 1:
+        return False
+    path = Path(args.image[0])
+    return path.is_file() or (not path.is_dir() and not is_glob(args.image[0]))
 
 
 def predict_many(args, prompts: list[str]) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 from evf import release
 from evf.data import Preprocessor
 from evf.encoders import MultimodalEncoder
+from evf.predictor import DEFAULT_MAX_BATCH, ImageSession
 from evf.release import OFFICIAL_BACKENDS, OFFICIAL_PREFIXES, WEIGHT_FILES, rename_official  # noqa: F401 (re-exported)
 from evf.sam import SamBackend
 
@@ -70,21 +71,18 @@ class EVFSAM(nn.Module):
         parts = [bce_dice_loss(lg, m, self.bce_weight, self.dice_weight) for lg, m in zip(logits, masks)]
         return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, prompts: Sequence[str]) -> torch.Tensor:
-        """One boolean mask ``[N, H, W]`` per prompt; the SAM image embedding is computed once."""
+    def set_image(self, image: np.ndarray) -> ImageSession:
+        """Embed ``image`` (``uint8 [H, W, 3]``) once; the returned session answers any number of prompts."""
+        return ImageSession(self, self.preprocessor().sample(image))
+
+    def predict(self, image: np.ndarray, prompts: Sequence[str], max_batch: int | None = DEFAULT_MAX_BATCH) -> torch.Tensor:
+        """One boolean mask ``[N, H, W]`` (on the CPU) per prompt: ``set_image(image).predict(prompts, max_batch)``.
+
+        To prompt one image several times, keep the session of ``set_image`` instead of calling this again.
+        """
         if not prompts:
-            raise ValueError("give at least one prompt")
-        pre = self.preprocessor()
-        sample = pre.sample(image)
-        device = next(self.parameters()).device
-        tokens_in = pre.tokenizer(list(prompts))
-        enc = sample["enc_images"][None].expand(len(prompts), -1, -1, -1).to(device)
-        tokens = self.prompt_tokens(enc, tokens_in["input_ids"].to(device), tokens_in["padding_mask"].to(device))
-        embedding = self.sam.embed_images(sample["sam_images"][None].to(device))
-        low_res, _ = self.sam.decode(embedding, tokens)
-        logits = self.sam.postprocess(low_res[:, 0], sample["input_sizes"].tolist(), sample["original_sizes"].tolist())
-        return logits > 0
+            raise ValueError("give at least one prompt")  # before the expensive image embedding
+        return self.set_image(image).predict(prompts, max_batch)
 
     # -- official release folders --------------------------------------------------------------
     @classmethod

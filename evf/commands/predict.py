@@ -1,7 +1,14 @@
-"""``evf predict``: segment one image with one or more text prompts.
+"""``evf predict``: segment one image or many images with one or more text prompts.
 
-Writes one 0/255 mask PNG per prompt (``00_the-red-square.png``) and one ``overlay.png``
-(each mask blended 50% with its own colour), every file atomically; prints what it wrote.
+One image file: writes one 0/255 mask PNG per prompt (``00_the-red-square.png``) and one ``overlay.png``
+(each mask blended 50% with its own colour) into ``--out``, every file atomically; prints what it wrote.
+
+Many images (folders, globs, several files, or a JSONL ``--manifest`` with each image's own prompts):
+the same files per image in ``--out/<image path relative to the inputs' common folder>/``, e.g.
+``--image photos/`` writes ``out/zebra.jpg/00_the-zebra.png`` for ``photos/zebra.jpg``. Images stream
+through Lightning's predict loop (``--devices N``: one process per device), each embedded once, decoded
+in threads ahead of the model, with a progress bar; see ``evf.bulk``. Every input is checked before
+anything is written.
 
 The checkpoint is either an official EVF-SAM release folder (config.json + weights + tokenizer)
 or a Lightning ``.ckpt`` from ``evf fit``; the latter is rebuilt from the run's ``config.yaml``
@@ -19,9 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from evf.bulk_inputs import collect_items, is_glob
 from evf.checkpoint import CheckpointError, read_checkpoint
 from evf.cli import UserError
 from evf.io import read_image, save_png_atomic
+from evf.predictor import DEFAULT_MAX_BATCH
 
 if TYPE_CHECKING:  # the model is imported lazily so `evf predict --help` stays fast
     from evf.model import EVFSAM
@@ -45,16 +54,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True,
                    help="EVF-SAM release folder (or its weights file), or a Lightning .ckpt from 'evf fit'")
     p.add_argument("--config", help="experiment/run YAML for a .ckpt (default: the run's config.yaml)")
-    p.add_argument("--image", required=True, help="image file (gray, RGBA and 16-bit images are converted)")
+    inputs = p.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--image", nargs="+", metavar="PATH",
+                        help="image file(s) (gray, RGBA and 16-bit images are converted), folders (searched recursively) "
+                             "or quoted glob patterns such as 'photos/**/*.jpg'")
+    inputs.add_argument("--manifest", help="JSONL file, one image per line: "
+                                           '{"image": "<path relative to the manifest>", "prompts": ["...", ...]}')
     p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
     p.add_argument("--prompt-file", help="UTF-8 text file with one prompt per line (blank lines skipped)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda:0, or cuda with --devices N")
+    p.add_argument("--devices", type=int, default=1, help="many images: processes/devices for data-parallel inference")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="prompts decoded at once (bounds memory)")
+    p.add_argument("--threads", type=int, default=2, help="many images: threads decoding images ahead of the model")
+    p.add_argument("--no-progress", action="store_true", help="many images: no progress bar")
     return p.parse_args(list(argv))
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def read_prompts(prompts: Sequence[str], prompt_file: str | None) -> list[str]:
+def read_prompts(prompts: Sequence[str], prompt_file: str | None, required: bool = True) -> list[str]:
     out = []
     for i, text in enumerate(prompts):
         if not text.strip():
@@ -72,7 +90,7 @@ def read_prompts(prompts: Sequence[str], prompt_file: str | None) -> list[str]:
         if not from_file:
             raise UserError(f"prompt file {path} holds no prompts")
         out += from_file
-    if not out:
+    if not out and required:
         raise UserError("give at least one --prompt or a --prompt-file")
     return out
 
@@ -200,24 +218,58 @@ def write_outputs(folder: Path, image: np.ndarray, prompts: Sequence[str], masks
     return written
 
 
+def parse_device(device: str) -> torch.device:
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"bad --device {device!r}: {first_line(exc)}") from None
+
+
 def load_inputs(args) -> tuple[np.ndarray, Path, EVFSAM]:
     """Image, output folder and model of an inference command; cheap checks run before the slow model load."""
-    image = read_image(args.image)
+    image = read_image(args.image[0] if isinstance(args.image, list) else args.image)
     folder = prepare_out_dir(args.out)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise UserError(f"bad --device {args.device!r}: {first_line(exc)}") from None
+    device = parse_device(args.device)
     return image, folder, load_model(args.checkpoint, args.config).to(device).eval()
+
+
+def is_one_image_file(args) -> bool:
+    """The single-image form (outputs straight into ``--out``): one ``--image`` that is neither a folder nor a glob."""
+    if args.manifest is not None or len(args.image) != 1:
+        return False
+    path = Path(args.image[0])
+    return path.is_file() or (not path.is_dir() and not is_glob(args.image[0]))
+
+
+def predict_many(args, prompts: list[str]) -> int:
+    from evf.bulk import device_choice, run_bulk
+
+    parse_device(args.device)
+    accelerator, devices = device_choice(args.device, args.devices)
+    items = collect_items(args.image or (), args.manifest, prompts, exclude=args.out, threads=args.threads)
+    folder = prepare_out_dir(args.out)
+    model = load_model(args.checkpoint, args.config)
+
+    def write(name: Path, image: np.ndarray, image_prompts: Sequence[str], masks: np.ndarray) -> None:
+        write_outputs(folder / name, image, image_prompts, masks)
+
+    if run_bulk(model, items, write, accelerator, devices, args.max_batch, args.threads, progress=not args.no_progress):
+        print(f"{len(items)} images, {sum(len(i.prompts) for i in items)} masks -> {folder}")
+    return 0
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    prompts = read_prompts(args.prompt, args.prompt_file)
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {args.max_batch}")
+    one_image = is_one_image_file(args)
+    prompts = read_prompts(args.prompt, args.prompt_file, required=args.manifest is None)
+    if not one_image:
+        return predict_many(args, prompts)
+    if args.devices != 1:
+        raise UserError(f"--devices {args.devices} is for many images (a folder, glob or --manifest); one image runs on --device")
     image, folder, model = load_inputs(args)
-    masks = model.predict(image, prompts).cpu().numpy()
+    masks = model.predict(image, prompts, max_batch=args.max_batch).numpy()
     for path in write_outputs(folder, image, prompts, masks):
         print(path)
     return 0
-
-

@@ -1,0 +1,83 @@
+"""Prompting one image many times without redoing its image work (in the style of SAM's ``SamPredictor``).
+
+    session = model.set_image(image)          # SAM image embedding + the encoder's image view, once
+    masks = session.predict(["the zebra"])     # bool [N, H, W]; call as often as you like
+    result = session.predict_with_scores(prompts)   # + SAM's predicted IoU and the low-res logits
+
+BEiT-3 fuses image and text inside every layer, so only its *input view* of the image can be kept;
+the SAM image encoder (the expensive part) runs once per session.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from evf.model import EVFSAM
+
+# Prompts decoded at once: bounds activation memory (BEiT-3 + one full-size fp32 logit map per prompt).
+DEFAULT_MAX_BATCH = 16
+
+
+@dataclass
+class Prediction:
+    """Everything one ``predict_with_scores`` call computes, on the CPU.
+
+    masks: bool ``[N, H, W]`` at the image's original size (logit > 0).
+    scores: fp32 ``[N]``, SAM's predicted IoU of each mask.
+    low_res_logits: fp32 ``[N, h, w]``, the mask decoder's output before post-processing (h = w = 256 for SAM-1).
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    low_res_logits: torch.Tensor
+
+
+class ImageSession:
+    """One image, embedded once, ready for any number of ``predict`` calls.
+
+    Args:
+        model: an ``EVFSAM`` (put it in ``eval()`` mode yourself, as for any inference).
+        sample: the image's views from ``model.preprocessor().sample(image)`` (may be computed in another thread).
+        tokenizer: the encoder's tokenizer; pass one to reuse it across sessions (loading it costs a few ms).
+    """
+
+    def __init__(self, model: EVFSAM, sample: dict[str, Any], tokenizer: Callable | None = None):
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else model.encoder.tokenizer
+        self.device = next(model.parameters()).device
+        self.input_size = tuple(int(s) for s in sample["input_sizes"])
+        self.original_size = tuple(int(s) for s in sample["original_sizes"])
+        self.enc_image = sample["enc_images"].to(self.device)  # [3, S, S]: BEiT-3 sees it again with every prompt
+        with torch.no_grad():
+            self.embedding = model.sam.embed_images(sample["sam_images"][None].to(self.device))  # [1, ...]
+
+    def predict(self, prompts: Sequence[str], max_batch: int | None = DEFAULT_MAX_BATCH) -> torch.Tensor:
+        """Bool masks ``[N, H, W]`` on the CPU, one per prompt; ``max_batch=None`` decodes all prompts at once."""
+        return self.predict_with_scores(prompts, max_batch).masks
+
+    @torch.no_grad()
+    def predict_with_scores(self, prompts: Sequence[str], max_batch: int | None = DEFAULT_MAX_BATCH) -> Prediction:
+        """Masks, predicted IoU and low-res logits; prompts go through the model ``max_batch`` at a time."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be a positive number or None, got {max_batch}")
+        # Tokenized together so every chunk is padded to the same length as an unchunked call: chunked == unchunked.
+        tokens = self.tokenizer(prompts)
+        step = max_batch or len(prompts)
+        masks, scores, low_res = [], [], []
+        for start in range(0, len(prompts), step):
+            ids = tokens["input_ids"][start: start + step].to(self.device)
+            padding = tokens["padding_mask"][start: start + step].to(self.device)
+            enc = self.enc_image[None].expand(len(ids), -1, -1, -1)
+            logits, iou = self.model.sam.decode(self.embedding, self.model.prompt_tokens(enc, ids, padding))
+            full = self.model.sam.postprocess(logits[:, 0], self.input_size, self.original_size)
+            masks.append((full > 0).cpu())
+            scores.append(iou[:, 0].float().cpu())
+            low_res.append(logits[:, 0].float().cpu())
+        return Prediction(torch.cat(masks), torch.cat(scores), torch.cat(low_res))

@@ -16,7 +16,8 @@ from evf.io import read_image
 from evf.model import EVFSAM
 
 
-def record(model: EVFSAM, image, prompt: str, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+def record(model: EVFSAM, image, prompt: str, session) -> dict[str, torch.Tensor]:
+    embedding = session.embedding
     device = next(model.parameters()).device
     tokens = model.encoder.tokenizer([prompt])
     ids, padding = tokens["input_ids"].to(device), tokens["padding_mask"].to(device)
@@ -33,9 +34,9 @@ def record(model: EVFSAM, image, prompt: str, embedding: torch.Tensor) -> dict[s
         stages.update(high_res_0=high0, high_res_1=high1)
     else:
         stages["image_embedding"] = embedding
-    mask = model.predict(image, [prompt])[0]
+    mask = session.predict([prompt])[0]
     if not torch.equal(mask.cpu(), final[0].cpu() > 0):
-        raise SystemExit("EVFSAM.predict disagrees with the staged forward: the harness would compare the wrong thing")
+        raise SystemExit("ImageSession.predict disagrees with the staged calls: the harness would compare the wrong thing")
     return {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in stages.items()}
 
 
@@ -72,9 +73,9 @@ def main(argv=None):
         beit_view = model.encoder.image_view(image)
         sam_view, _ = model.sam.image_view(image)
         per_image = {"pixels": torch.from_numpy(image.copy()), "beit_view": beit_view, "sam_view": sam_view}
-        embedding = model.sam.embed_images(sam_view[None].to(args.device))
+        session = model.set_image(image)  # the SAM image embedding, once per image
         for j, prompt in enumerate(prompts):
-            per_image[j] = record(model, image, prompt, embedding)
+            per_image[j] = record(model, image, prompt, session)
             print(f"ours {Path(path).name} prompt {j}: {len(per_image[j]['token_ids'])} tokens, "
                   f"{(per_image[j]['final_logits'] > 0).float().mean().item():.3f} foreground", flush=True)
         results[Path(path).name] = per_image

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from evf.io import atomic_path
+
 WRAPPER_KEYS = ("state_dict", "model", "module")
 # safetensors dtype names (the format's spec) -> torch dtypes
 SAFETENSORS_DTYPES = {
@@ -174,7 +176,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     header["__metadata__"] = {"format": "pt"}  # transformers refuses safetensors files without it
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data block starts 8-byte aligned, padded with spaces as the format allows
-    with open(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for t in tensors.values():
             data = t.detach().to(device="cpu", dtype=target(t)).contiguous()

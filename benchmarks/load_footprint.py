@@ -35,6 +35,7 @@ OURS = """
 import json, resource, time
 t = time.perf_counter()
 import torch
+import segment_anything  # imported by the load otherwise; here so that "after imports" means the same on both sides
 from evf.model import EVFSAM
 imports = time.perf_counter() - t
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -124,6 +125,7 @@ def main() -> None:
     p.add_argument("--official-python", default="/work/venv-official/bin/python")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     p.add_argument("--readers", action="store_true", help="also measure bare reading strategies")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of all loaders, interleaved")
     args = p.parse_args()
     if args.write:
         write_release(args.write)
@@ -142,18 +144,20 @@ def main() -> None:
         if args.readers:
             kinds = ["safe_open (mmap)"] if fmt == "safetensors" else ["torch.load mmap=True", "torch.load mmap=False"]
             runs += [(f"reader: {k}", sys.executable, READER.format(kind=k, weights=str(weights))) for k in kinds]
-        for label, python, code in runs:
-            load = os.getloadavg()
-            r = measure(python, code, env)
-            fp32_gib = fp32_gib or r["numel"] * 4 / 2**30
-            peak, base = r["peak_kib"] / 2**20, r["base_kib"] / 2**20
-            rows.append(f"| {fmt} | {label} | {r['seconds']:.1f} | {peak:.2f} | {peak / fp32_gib:.2f} | {base:.2f} | "
-                        f"{peak - base:.2f} | {load[0]:.1f} |")
-            print(rows[-1], flush=True)
+        for _ in range(args.repeat):  # interleaved, so that the machine's load weighs on every loader alike
+            for label, python, code in runs:
+                load = os.getloadavg()
+                r = measure(python, code, env)
+                fp32_gib = fp32_gib or r["numel"] * 4 / 2**30
+                peak, base = r["peak_kib"] / 2**20, r["base_kib"] / 2**20
+                imports = f"{r['imports']:.1f}" if "imports" in r else "-"
+                rows.append(f"| {fmt} | {label} | {r['seconds']:.1f} | {imports} | {peak:.2f} | {peak / fp32_gib:.2f} | "
+                            f"{base:.2f} | {(peak - base) / fp32_gib:.2f} | {load[0]:.1f} |")
+                print(rows[-1], flush=True)
     print(f"\nfp32 model: {fp32_gib:.2f} GiB\n")
-    print("| file | loader | load s | peak RSS GiB | peak / fp32 model | RSS after imports GiB | peak - after imports GiB "
-          "| 1-min load avg at start |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| file | loader | load s | imports s | peak RSS GiB | peak / fp32 model | RSS after imports GiB "
+          "| (peak - after imports) / fp32 model | 1-min load avg at start |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -1,16 +1,21 @@
 """The one checkpoint reader (and safetensors writer): safetensors or torch files, always ``weights_only=True``.
 
-``iter_tensors`` hands a state dict out one tensor at a time, so a loader that converts or moves
-each tensor as it arrives never holds the file's copy and the model's copy of all weights at once.
+``iter_tensors`` hands a state dict out one converted tensor at a time, copied from a memory map of
+the file whose pages are dropped from the process once each tensor is copied out, so a loader never
+holds the file's copy and the model's copy of all weights at once.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from evf.io import atomic_path
 
 WRAPPER_KEYS = ("state_dict", "model", "module")
 # safetensors dtype names (the format's spec) -> torch dtypes
@@ -20,7 +25,6 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-CHUNK_BYTES = 8 << 20  # read-and-convert slice: small enough to stay in cache, large enough to amortise the calls
 
 
 class CheckpointError(RuntimeError):
@@ -32,66 +36,14 @@ def unreadable(path: Path, exc: Exception) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {lines[0][:200] if lines else ''}")
 
 
-def safetensors_header(path: Path) -> tuple[dict, int]:
-    """``({name: {dtype, shape, data_offsets}}, offset of the data block)``, checked against the file size."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if not 2 <= length <= size - 8:
-            raise ValueError(f"header length {length} does not fit a {size}-byte file")
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        dtype = SAFETENSORS_DTYPES[info["dtype"]]
-        numel = torch.Size(info["shape"]).numel()
-        if end - begin != numel * dtype.itemsize or not 0 <= begin <= end <= size - 8 - length:
-            raise ValueError(f"tensor {name!r}: data_offsets {info['data_offsets']} do not fit its shape or the file")
-    return header, 8 + length
-
-
-def iter_safetensors(path: Path, dtype: torch.dtype | None = None,
-                     device: torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each tensor read by plain file reads, straight into its final tensor when the file's dtype is
-    the wanted one, else through one small reused buffer that is converted slice by slice (``dtype``
-    applies to floating tensors). No memory map: its touched pages would count in the process's RSS for
-    as long as any tensor of the file is alive, and no second copy of a tensor is ever made."""
-    header, data_start = safetensors_header(path)
-    device = torch.device(device or "cpu")
-    staging = {}  # file dtype -> reused read buffer
-    with open(path, "rb") as f:
-        for name, info in header.items():
-            stored = SAFETENSORS_DTYPES[info["dtype"]]
-            out = torch.empty(info["shape"], dtype=dtype if dtype is not None and stored.is_floating_point else stored,
-                              device=device)
-            f.seek(data_start + info["data_offsets"][0])
-            if out.dtype == stored and device.type == "cpu":
-                read_exactly(f, out.view(-1), name)
-            else:
-                step = CHUNK_BYTES // stored.itemsize
-                buffer = staging.setdefault(stored, torch.empty(step, dtype=stored))
-                for start in range(0, out.numel(), step):
-                    part = buffer[: min(step, out.numel() - start)]
-                    read_exactly(f, part, name)
-                    out.view(-1)[start:start + len(part)].copy_(part)
-            yield name, out
-
-
-def read_exactly(f, flat: torch.Tensor, name: str) -> None:
-    if flat.numel():
-        view = memoryview(flat.view(torch.uint8).numpy())
-        if f.readinto(view) != len(view):
-            raise ValueError(f"file ends inside tensor {name!r}")
-
-
 def read_checkpoint(path: str | os.PathLike) -> object:
     """The file's raw content (a Lightning checkpoint stays a dict with its optimizer/RNG entries)."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return dict(iter_tensors(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            return dict(iter_safetensors(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (corrupt, truncated, or a pickle with forbidden globals)
         raise unreadable(path, exc) from None
@@ -110,27 +62,103 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(read_checkpoint(path), path)
 
 
+# -- streamed reading ---------------------------------------------------------------------------
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """``({name: {dtype, shape, data_offsets}}, offset of the data block)``, checked against the file size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 2 <= length <= size - 8:
+            raise ValueError(f"header length {length} does not fit a {size}-byte file")
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        numel = torch.Size(info["shape"]).numel()
+        if end - begin != numel * SAFETENSORS_DTYPES[info["dtype"]].itemsize or not 0 <= begin <= end <= size - 8 - length:
+            raise ValueError(f"tensor {name!r}: data_offsets {info['data_offsets']} do not fit its shape or the file")
+    return header, 8 + length
+
+
+def mapped_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Views of a private memory map of the file, one per tensor (the map closes with the last view)."""
+    header, data_start = safetensors_header(path)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: a write never reaches the file
+    for name, info in header.items():
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # frombuffer refuses empty slices
+            yield name, torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(mapped, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=data_start + begin)
+        yield name, flat.view(info["shape"])
+
+
+def mapped_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """A torch file's state dict and whether it is memory-mapped (zip format) or was read whole (legacy)."""
+    try:
+        return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path), True
+    except CheckpointError:
+        raise
+    except Exception:  # noqa: BLE001 (legacy format, or unreadable: the plain reader says which)
+        return load_state_dict(path), False
+
+
+def libc_madvise():
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError, TypeError):  # no POSIX libc (Windows): mapped pages then stay counted
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+MADVISE = libc_madvise() if hasattr(mmap, "MADV_DONTNEED") else None
+
+
+def release_mapped_pages(tensor: torch.Tensor) -> None:
+    """Drop the pages under a file-mapped tensor from this process's resident set.
+
+    Kept, every page read would count in RSS until the whole map is closed: the file's size on top of
+    the converted weights. Only pages wholly inside the tensor's storage are dropped (a page it shares
+    with a neighbour stays); they are file pages that were read, so touching them again re-reads the
+    file. Only for tensors on a file map: on anonymous memory it would zero the pages.
+    """
+    if MADVISE is not None and tensor.numel():
+        storage = tensor.untyped_storage()
+        start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (storage.data_ptr() + storage.nbytes()) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            MADVISE(start, end - start, mmap.MADV_DONTNEED)
+
+
 def iter_tensors(path: str | os.PathLike, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(key, tensor)`` pairs of the file's state dict, floating tensors converted to ``dtype`` and all
-    placed on ``device`` as they are handed out, each file copy dropped by the reader once converted.
+    """``(key, tensor)`` pairs of the file's state dict, each a fresh copy on ``device`` (floating tensors
+    in ``dtype`` if given): nothing handed out lives on the file's pages.
 
-    safetensors: read one tensor at a time. Torch files: read whole (torch.load keeps one storage per
-    tensor), then converted and released one by one, so the process holds at most the converted model
-    plus what is left of the file's copy, never both in full.
+    The file is memory-mapped (safetensors, and torch files in the zip format) and each tensor's pages
+    are dropped once it is copied out, so the process holds the copies plus about one tensor of the file.
+    A legacy torch file is read whole, then converted and released tensor by tensor.
     """
     path = Path(path)
-    if path.suffix != ".safetensors":
-        state = load_state_dict(path)
-        while state:
-            key = next(iter(state))
-            tensor = state.pop(key)
-            yield key, tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
-        return
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        yield from iter_safetensors(path, dtype, torch.device(device) if device is not None else None)
+        if path.suffix == ".safetensors":
+            sources, mapped = mapped_safetensors(path), True
+        else:
+            state, mapped = mapped_torch_file(path)
+            sources = ((key, state.pop(key)) for key in list(state))  # popped: each file copy dies once copied
+        for key, source in sources:
+            out = torch.empty(source.shape, dtype=dtype if dtype is not None and source.is_floating_point() else source.dtype,
+                              device=device)
+            out.copy_(source)
+            if mapped:
+                release_mapped_pages(source)
+            del source
+            yield key, out
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise unreadable(path, exc) from None
 
@@ -148,7 +176,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     header["__metadata__"] = {"format": "pt"}  # transformers refuses safetensors files without it
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data block starts 8-byte aligned, padded with spaces as the format allows
-    with open(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for t in tensors.values():
             data = t.detach().to(device="cpu", dtype=target(t)).contiguous()

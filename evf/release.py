@@ -20,7 +20,7 @@ from torch import nn
 from evf.checkpoint import CheckpointError, check_fit, iter_tensors, write_safetensors
 from evf.encoders import ENCODERS, Beit3Encoder
 from evf.encoders.beit3_model import BEIT3_CONFIGS
-from evf.io import atomic_dir
+from evf.io import atomic_dir, write_text_atomic
 from evf.sam import SAM_BACKENDS, SamBackend
 from evf.sam.sam2 import release_key_to_sam2, sam2_key_to_release
 from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
@@ -205,7 +205,7 @@ def copy_tokenizer(encoder: Beit3Encoder, folder: Path) -> None:
             if (source / name).is_file():
                 shutil.copy(source / name, folder / name)
     if not (folder / "tokenizer_config.json").is_file():  # transformers' AutoTokenizer reads the class from it
-        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}) + "\n")
+        write_text_atomic(folder / "tokenizer_config.json", json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}) + "\n")
 
 
 def save_release(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype | str | None = None) -> Path:

@@ -160,24 +160,30 @@ def test_from_pretrained_places_every_tensor_on_the_device(tmp_path, rgb_image):
     assert {t.dtype for t in all_tensors(loaded).values() if t.is_floating_point()} == {torch.float16}
 
 
-def test_streamed_reads_convert_across_slice_boundaries(tmp_path, monkeypatch):
-    from safetensors.torch import load_file, save_file
-
-    import evf.checkpoint
+def test_streamed_reads_are_exact_copies_in_every_layout(tmp_path):
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    tensors = {"half": torch.randn(7, 13).half(), "bf16": torch.randn(100).bfloat16(), "fp32": torch.randn(3, 5),
-               "ints": torch.arange(11, dtype=torch.int64), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4),
-               "flags": torch.tensor([True, False, True])}
-    save_file(tensors, str(tmp_path / "w.safetensors"))  # written by the library, read by ours
-    monkeypatch.setattr(evf.checkpoint, "CHUNK_BYTES", 24)  # many slices per tensor, a ragged last one
-    reference = load_file(str(tmp_path / "w.safetensors"))
-    for dtype in (None, torch.float32, torch.float16):
-        got = dict(iter_tensors(tmp_path / "w.safetensors", dtype=dtype))
-        assert got.keys() == reference.keys()
-        for key, value in reference.items():
-            want = value.to(dtype) if dtype is not None and value.is_floating_point() else value
-            assert got[key].dtype == want.dtype and torch.equal(got[key], want), (dtype, key)
+    shared = torch.randn(3000)  # 12 kB: spans whole pages, so releasing them is exercised
+    tensors = {"flags": torch.tensor([True, False, True]), "half": torch.randn(7, 13).half(),  # fp16 after 3 bytes
+               "bf16": torch.randn(100).bfloat16(), "big": torch.randn(5000), "ints": torch.arange(11),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    files = {"ours.safetensors": lambda p: write_safetensors(p, tensors),  # in dict order: unaligned offsets
+             "library.safetensors": lambda p: save_file(tensors, str(p)),
+             "zip.bin": lambda p: torch.save({**tensors, "view": shared[1000:], "base": shared}, p),  # views share pages
+             "legacy.bin": lambda p: torch.save(tensors, p, _use_new_zipfile_serialization=False)}
+    for name, write in files.items():
+        write(tmp_path / name)
+        reference = torch.load(tmp_path / name, weights_only=True) if name.endswith(".bin") else tensors
+        for dtype in (None, torch.float32, torch.float16):
+            got = dict(iter_tensors(tmp_path / name, dtype=dtype))
+            assert got.keys() == reference.keys(), name
+            for key, value in reference.items():
+                want = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+                assert got[key].dtype == want.dtype and torch.equal(got[key], want), (name, dtype, key)
+        got = dict(iter_tensors(tmp_path / name))
+        (tmp_path / name).write_bytes(b"\0" * (tmp_path / name).stat().st_size)  # in place: the copies must not see it
+        assert torch.equal(got["big"], tensors["big"]), name
 
 
 def test_truncated_safetensors_file_is_named_in_the_error(tmp_path):

@@ -359,15 +359,19 @@ def test_full_size_evf_sam2_matches_the_official_schema_and_count():
     assert not result.missing_keys and not result.unexpected_keys
 
 
-@pytest.mark.parametrize("sam,paper", [
-    (lambda: EfficientSamBackend(variant="s"), 700e6),
-    (lambda: Sam1Backend(variant="vit_h"), 1.32e9),
-    (lambda: Sam2Backend(variant="large"), 898e6),
+@pytest.mark.parametrize("sam,paper,trainable", [
+    (lambda: EfficientSamBackend(variant="s"), 700e6, 677_939_168),
+    (lambda: Sam1Backend(variant="vit_h"), 1.32e9, 677_939_424),
+    # as experiments/ablations/tab5_beit3_l_sam2_l.yaml: SAM-2 entirely frozen
+    (lambda: Sam2Backend(variant="large", train_prompt_encoder=False, train_mask_decoder=False), 898e6, 674_013_440),
 ])
-def test_tab5_whole_model_parameter_counts(sam, paper):
+def test_tab5_whole_model_parameter_counts(sam, paper, trainable):
+    """Held parameters against the paper; trainable ones (docs/sam_backends.md) exactly: BEiT-3 without its
+    mask_token, the projector, and what a text prompt reaches of the prompt encoder and mask decoder."""
     with torch.device("meta"):
         model = EVFSAM(Beit3Encoder(size="large"), sam())
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(paper, rel=0.02)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
 
 
 # -- experiment files -------------------------------------------------------------------------

@@ -124,11 +124,11 @@ class EVFSAMModule(L.LightningModule):
 
     # -- checkpoints: trainable weights + optimizer/scheduler + RNG --------------------------
     def setup(self, stage: str) -> None:
-        from lightning.pytorch.strategies import DeepSpeedStrategy
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
-        if isinstance(self.trainer.strategy, DeepSpeedStrategy) and not self.save_frozen_weights:
-            # DeepSpeed restores module states itself (no state_dict hook); the frozen encoder it left
-            # out (exclude_frozen_parameters) is already in place from the model constructor.
+        if isinstance(self.trainer.strategy, (DeepSpeedStrategy, FSDPStrategy)) and not self.save_frozen_weights:
+            # DeepSpeed and FSDP restore module states themselves, before ``on_load_checkpoint`` could fill in
+            # the frozen weights the checkpoint left out; those are already in place from the model constructor.
             self.strict_loading = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

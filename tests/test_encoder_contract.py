@@ -77,12 +77,41 @@ def test_gradients_reach_the_inputs_and_only_used_parameters(name, mode, feature
     out = enc(images(enc, len(TEXTS)), ids, pad)
     (out * torch.randn_like(out)).sum().backward()
     named = dict(enc.named_parameters())
-    assert all(p.requires_grad for p in named.values())
+    assert {n for n, p in named.items() if p.requires_grad} == set(enc.used_parameters())  # the rest starts frozen
+    # plain DDP stops on a trainable parameter without a gradient: there must be none
+    assert {n for n, p in named.items() if p.grad is not None} == set(enc.used_parameters())
     touched = {n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0}
     assert touched <= set(enc.used_parameters()), f"parameters run but not counted: {sorted(touched - set(enc.used_parameters()))[:3]}"
     text_param, image_param = INPUT_PARAMETERS[name]
     assert text_param in touched
     assert (image_param in touched) == enc.uses_image
+
+
+@pytest.mark.parametrize("name,mode,feature", cases())
+def test_used_parameters_are_exactly_those_a_gradient_reaches(name, mode, feature):
+    """With every parameter unfrozen, the feature's gradient reaches exactly ``used_parameters()``;
+    ``requires_grad_(True)`` (what ``EVFSAM(train_encoder=True)`` calls) unfreezes only those."""
+    enc = build(name, mode, feature).train()
+    torch.nn.Module.requires_grad_(enc, True)
+    ids, pad = tokens(enc, TEXTS)
+    enc(images(enc, len(TEXTS)), ids, pad).sum().backward()
+    reached = {n for n, p in enc.named_parameters() if p.grad is not None}
+    assert reached == set(enc.used_parameters()), f"counted but unreached: {sorted(set(enc.used_parameters()) - reached)[:3]}"
+    enc.requires_grad_(False)
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.requires_grad_(True)
+    assert {n for n, p in enc.named_parameters() if p.requires_grad} == reached
+
+
+def test_depth_below_the_layer_count_freezes_the_layers_never_run():
+    torch.manual_seed(0)
+    enc = ENCODERS.create("beit3", tiny=True, mode="early", depth=1).train()
+    ids, pad = tokens(enc, TEXTS)
+    enc(images(enc, len(TEXTS)), ids, pad).sum().backward()
+    named = dict(enc.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable == {n for n, p in named.items() if p.grad is not None}
+    assert any(".layers.1." in n for n in named) and not any(".layers.1." in n for n in trainable)
 
 
 @pytest.mark.parametrize("name,mode,feature", cases())

@@ -92,3 +92,6 @@ def test_text_mode_counts_only_the_text_side():
     assert text.parameter_count() < both.parameter_count()  # ...fewer of them run
     assert half_depth.parameter_count() < both.parameter_count()
     assert both.parameter_count(used=False) - both.parameter_count() == 1024  # only BEiT's mask token is never run
+    for enc in (text, both, half_depth):  # trainable = what the mode runs (no gradient ever reaches the rest)
+        assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == enc.parameter_count()
+    assert text.parameter_count() == 369_152_000 and half_depth.parameter_count() == 370_146_304

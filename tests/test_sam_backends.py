@@ -84,13 +84,42 @@ def test_frozen_encoder_gets_no_gradient_and_trainable_parts_change(name):
     assert any(id(p) in decoder_params for n, p in sam.named_parameters() if n in changed)
 
 
+def text_prompted_backward(sam) -> None:
+    tokens = torch.randn(2, 1, sam.prompt_dim, requires_grad=True)
+    logits, _ = sam.decode(sam.embed_images(views(sam)), tokens)
+    F.binary_cross_entropy_with_logits(logits, (torch.rand_like(logits) > 0.5).float()).backward()
+
+
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("prompt,decoder", [(False, False), (False, True), (True, False)])
+def test_not_reached_by_text_is_exactly_what_gets_no_gradient(name):
+    """Inside the trainable modules, unfrozen, a text-prompted loss leaves exactly ``NOT_REACHED_BY_TEXT`` without a
+    gradient; after ``freeze`` every trainable parameter gets one (plain DDP needs both)."""
+    sam = tiny(name).train()
+    inside = {n: p for k, m in sam.trainable_modules().items() for n, p in sam.named_parameters()
+              if any(p is q for q in m.parameters())}
+    for p in inside.values():
+        p.requires_grad_(True)
+    text_prompted_backward(sam)
+    unreached = {n for n, p in inside.items() if p.grad is None}
+    assert unreached == {n for n in inside if not sam.reached_by_text(n)}
+    assert unreached and all(any(n.startswith(prefix) for n in unreached) for prefix in sam.NOT_REACHED_BY_TEXT)
+
+    sam = tiny(name).train()
+    text_prompted_backward(sam)
+    trainable = {n for n, p in sam.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in inside if sam.reached_by_text(n)}
+    assert trainable == {n for n, p in sam.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("prompt,decoder", [(False, False), (False, True), (True, False), (True, True)])
 def test_tab6_switches_are_respected(name, prompt, decoder):
     sam = tiny(name, train_prompt_encoder=prompt, train_mask_decoder=decoder)
     modules = sam.trainable_modules()
-    assert all(p.requires_grad == prompt for p in modules["prompt_encoder"].parameters())
-    assert all(p.requires_grad == decoder for p in modules["mask_decoder"].parameters())
+    for key, switch in (("prompt_encoder", prompt), ("mask_decoder", decoder)):
+        names = {n for n, p in sam.named_parameters() if any(p is q for q in modules[key].parameters())}
+        trainable = {n for n, p in sam.named_parameters() if n in names and p.requires_grad}
+        assert trainable == ({n for n in names if sam.reached_by_text(n)} if switch else set())
     inside = {id(p) for m in modules.values() for p in m.parameters()}
     assert not any(p.requires_grad for p in sam.parameters() if id(p) not in inside)
 
@@ -110,7 +139,9 @@ def test_frozen_parts_stay_out_of_the_optimizer_and_its_checkpoint_state(tmp_pat
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimized = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
     assert {id(p) for p in optimized} == {id(p) for p in trainable}
-    expected = {id(p) for p in model.projector.parameters()} | {id(p) for p in model.sam.model.sam_mask_decoder.parameters()}
+    decoder = {id(p) for n, p in model.sam.model.sam_mask_decoder.named_parameters()
+               if not n.startswith(("iou_prediction_head.", "pred_obj_score_head."))}  # heads no text-prompted loss reads
+    expected = {id(p) for p in model.projector.parameters()} | decoder
     assert {id(p) for p in trainable} == expected  # BEiT-3, prompt encoder, image encoder, memory modules: frozen
     trainer.save_checkpoint(tmp_path / "step.ckpt")
     state = torch.load(tmp_path / "step.ckpt", map_location="cpu", weights_only=False)["optimizer_states"][0]
@@ -306,15 +337,19 @@ def test_official_release_loads_strictly_with_mixed_dtypes(tmp_path, arch, sam, 
         torch.testing.assert_close(b, a, atol=tol, rtol=tol, msg=k)
 
 
-@pytest.mark.parametrize("sam,paper", [
-    (lambda: EfficientSamBackend(variant="s"), 700e6),
-    (lambda: Sam1Backend(variant="vit_h"), 1.32e9),
-    (lambda: Sam2Backend(variant="large"), 898e6),
+@pytest.mark.parametrize("sam,paper,trainable", [
+    (lambda: EfficientSamBackend(variant="s"), 700e6, 677_939_168),
+    (lambda: Sam1Backend(variant="vit_h"), 1.32e9, 677_939_424),
+    # as experiments/ablations/tab5_beit3_l_sam2_l.yaml: SAM-2 entirely frozen
+    (lambda: Sam2Backend(variant="large", train_prompt_encoder=False, train_mask_decoder=False), 898e6, 674_013_440),
 ])
-def test_tab5_whole_model_parameter_counts(sam, paper):
+def test_tab5_whole_model_parameter_counts(sam, paper, trainable):
+    """Held parameters against the paper; trainable ones (docs/sam_backends.md) exactly: BEiT-3 without its
+    mask_token, the projector, and what a text prompt reaches of the prompt encoder and mask decoder."""
     with torch.device("meta"):
         model = EVFSAM(Beit3Encoder(size="large"), sam())
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(paper, rel=0.02)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
 
 
 # -- experiment files -------------------------------------------------------------------------

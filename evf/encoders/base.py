@@ -20,6 +20,10 @@ class MultimodalEncoder(nn.Module):
     ``early``), and provide ``image_view`` (a picklable callable ``uint8 [H,W,3] -> [3,S,S]``) and
     ``tokenizer`` (a picklable callable ``list[str] -> {input_ids, padding_mask}``), so datamodules
     ask the plugin for its preprocessing instead of copying constants.
+
+    ``uses_parameter`` names the parameters the chosen mode runs; every one of them reaches the
+    feature, so exactly these can be trained. Subclasses end ``__init__`` with ``self.requires_grad_(True)``
+    so the others (e.g. BEiT's ``mask_token``) start frozen and stay frozen.
     """
 
     MODES: tuple[str, ...] = ("text", "late", "early")
@@ -47,8 +51,18 @@ class MultimodalEncoder(nn.Module):
     # -- parameter accounting (paper "Params" columns) ----------------------------------------
     def uses_parameter(self, name: str) -> bool:
         """Whether the parameter ``name`` (as in ``named_parameters()``) takes part in this mode's
-        forward pass; subclasses refine it (e.g. text-only BEiT-3 runs only its text branch)."""
+        forward pass, and so gets a gradient from the feature; subclasses refine it (e.g. text-only
+        BEiT-3 runs only its text branch)."""
         return True
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Like ``nn.Module.requires_grad_``, but a parameter this mode never runs stays frozen: it could
+        never get a gradient, and plain DDP stops on a trainable parameter that gets none."""
+        super().requires_grad_(requires_grad)
+        for name, param in self.named_parameters():
+            if not self.uses_parameter(name):
+                param.requires_grad_(False)
+        return self
 
     def used_parameters(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if self.uses_parameter(name)}

@@ -59,6 +59,7 @@ class Beit3Encoder(MultimodalEncoder):
         self.out_dim = self.cfg.dim * (2 if self.feature == "concat_cls" else 1)
         if checkpoint:
             load_into(self.beit3, select_prefix(load_state_dict(checkpoint), CHECKPOINT_PREFIXES), checkpoint)
+        self.requires_grad_(True)  # what this mode/depth never runs (mask_token, unused layers/branch) stays frozen
 
     @property
     def image_view(self) -> StretchView:

@@ -103,6 +103,7 @@ class ClipEncoder(MultimodalEncoder):
             self.clip.visual = None  # never run: frees the 300M-630M image-tower parameters
         embed_dim = cfg["embed_dim"]
         self.out_dim = embed_dim * (2 if mode == "late" else 1)
+        self.requires_grad_(True)  # logit_scale (contrastive loss only) stays frozen
 
     @property
     def image_view(self) -> StretchView:

@@ -105,6 +105,7 @@ class ViltEncoder(MultimodalEncoder):
         self.max_text_length = min(max_text_length, config.max_position_embeddings)
         self.image_size = config.image_size
         self.out_dim = config.hidden_size * (2 if mode == "late" else 1)
+        self.requires_grad_(True)  # text mode: the image embeddings stay frozen
 
     @property
     def image_view(self) -> StretchView:

@@ -19,7 +19,9 @@ SAM_BACKENDS = Registry("SAM backend")
 
 class SamBackend(nn.Module):
     """Subclasses provide ``image_encoder`` (always frozen), ``image_view``, ``embed_images``, ``decode``
-    and ``postprocess``; ``trainable`` names the submodules an optimizer may update.
+    and ``postprocess``; ``trainable_modules`` names the submodules an optimizer may update, and
+    ``NOT_REACHED_BY_TEXT`` the parameters inside them that text-prompted decoding never reaches
+    (point/box/mask prompt embeddings, output heads the loss does not read), which stay frozen.
 
     Args common to all backends:
         train_prompt_encoder / train_mask_decoder: paper Tab.6 switches.
@@ -28,6 +30,9 @@ class SamBackend(nn.Module):
     name: str  # identifies the backend and its weights, e.g. in embedding caches
     prompt_dim: int
     image_encoder: nn.Module
+    # Name prefixes (as in ``named_parameters()``) of parameters that no text-prompted ``decode`` uses, so
+    # they can never get a gradient; trainable, they would stop plain DDP after its first step.
+    NOT_REACHED_BY_TEXT: tuple[str, ...] = ()
 
     def __init__(self, train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
         super().__init__()
@@ -67,12 +72,21 @@ class SamBackend(nn.Module):
         return {"image_encoder": self.image_encoder}
 
     # -- shared behaviour ---------------------------------------------------------------------
+    def reached_by_text(self, name: str) -> bool:
+        """Whether a loss on text-prompted ``decode`` outputs can send a gradient to parameter ``name``
+        (frozen or not; the image encoder counts as reached, ``embed_images`` just runs it without grad)."""
+        return not name.startswith(self.NOT_REACHED_BY_TEXT)
+
     def freeze(self) -> None:
-        """Image encoder always frozen; the rest follows the switches. Call at the end of ``__init__``."""
+        """Image encoder always frozen; the rest follows the switches, except what a text prompt never
+        reaches, which stays frozen. Call at the end of ``__init__``."""
         self.image_encoder.requires_grad_(False)
         flags = {"prompt_encoder": self.train_prompt_encoder, "mask_decoder": self.train_mask_decoder}
         for name, module in self.trainable_modules().items():
             module.requires_grad_(flags[name])
+        for name, param in self.named_parameters():
+            if not self.reached_by_text(name):
+                param.requires_grad_(False)
         self.train(self.training)
 
     def train(self, mode: bool = True):

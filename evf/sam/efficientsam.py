@@ -33,6 +33,9 @@ class EfficientSamBackend(SamBackend):
             EfficientSAM's prompt-encoder parameters, so it has no effect on training.
     """
 
+    # A text token uses no prompt-encoder parameter (only its fixed positional-encoding buffer); the IoU head feeds no loss.
+    NOT_REACHED_BY_TEXT = ("model.prompt_encoder.", "model.mask_decoder.iou_prediction_head.")
+
     def __init__(self, variant: str = "s", checkpoint: str | None = None, view: str = "stretch",
                  train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
         super().__init__(train_prompt_encoder, train_mask_decoder)

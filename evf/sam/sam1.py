@@ -58,6 +58,10 @@ class Sam1Backend(SamBackend):
             ``visual_model.`` (EVF-SAM) — loaded with ``weights_only=True`` and ``strict=True``.
     """
 
+    # Text prompts use only ``no_mask_embed`` of the prompt encoder; the decoder's IoU head feeds no loss.
+    NOT_REACHED_BY_TEXT = ("model.prompt_encoder.point_embeddings.", "model.prompt_encoder.not_a_point_embed.",
+                           "model.prompt_encoder.mask_downscaling.", "model.mask_decoder.iou_prediction_head.")
+
     def __init__(self, variant: str = "vit_h", checkpoint: str | None = None,
                  train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
         super().__init__(train_prompt_encoder, train_mask_decoder)

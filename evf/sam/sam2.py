@@ -141,6 +141,11 @@ class Sam2Backend(SamBackend):
             modules.update(conv_s0=self.model.sam_mask_decoder.conv_s0, conv_s1=self.model.sam_mask_decoder.conv_s1)
         return modules
 
+    # As SAM-1, plus the object-score head (the official EVF-SAM2 does not gate on it; no loss reads it).
+    NOT_REACHED_BY_TEXT = ("model.sam_prompt_encoder.point_embeddings.", "model.sam_prompt_encoder.not_a_point_embed.",
+                           "model.sam_prompt_encoder.mask_downscaling.", "model.sam_mask_decoder.iou_prediction_head.",
+                           "model.sam_mask_decoder.pred_obj_score_head.")
+
     def freeze(self) -> None:
         self.model.requires_grad_(False)  # memory modules, no_mem_embed, obj_ptr_proj: video only or fixed
         super().freeze()

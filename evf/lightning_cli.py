@@ -124,7 +124,8 @@ class EvfCLI(LightningCLI):
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="one folder for config, logs, checkpoints and metrics of this run")
         parser.add_argument("--metrics_file", type=str | None, default=None,
-                            help="write test metrics here as JSON (default: RUN_DIR/metrics.json)")
+                            help="write test metrics here as JSON (default: RUN_DIR/metrics.json; with --run_dir "
+                                 "only a path inside RUN_DIR is used)")
         parser.add_argument("--save_predictions", type=bool, default=False,
                             help="write per-sample results to RUN_DIR/predictions/<test set>.jsonl")
 
@@ -247,8 +248,9 @@ def own_metrics_file(metrics_file: str | None, run_dir: str) -> str:
         return str(own)
     if Path(run_dir).resolve() in Path(metrics_file).resolve().parents:
         return str(metrics_file)
-    warnings.warn(f"metrics_file {metrics_file} is outside --run_dir {run_dir} (a config.yaml saved by another run records "
-                  f"that run's file): writing the test metrics to {own} instead", UserWarning, stacklevel=2)
+    if is_rank_zero():  # once per launch, not once per process
+        warnings.warn(f"metrics_file {metrics_file} is outside --run_dir {run_dir} (a config.yaml saved by another run records "
+                      f"that run's file): writing the test metrics to {own} instead", UserWarning, stacklevel=2)
     return str(own)
 
 

@@ -132,3 +132,15 @@ def test_a_train_mode_dataset_is_walked_once(tmp_path, model):
     dm.attach(model.preprocessor(), sam=model.sam)
     embedding, _ = cache.lookup(dataset[0]["image_id"])
     assert torch.isfinite(embedding).all()
+
+
+def test_a_cache_rebuilt_under_a_reader_stops_the_reader(tmp_path):
+    """A run that opened the cache before a rebuild never reads the new build's shards through its old manifest."""
+    from tests.cache_writer import write
+
+    write(tmp_path / "c", seed=1)
+    reader = EmbeddingCache(tmp_path / "c")
+    write(tmp_path / "c", seed=1)
+    with pytest.raises(CacheError, match=r"embedding cache .*c was rebuilt or damaged while in use \(sam1_tiny-.*-00000"):
+        reader.lookup("train-0")
+    torch.testing.assert_close(EmbeddingCache(tmp_path / "c").lookup("train-0")[0], write(tmp_path / "d", seed=1).lookup("train-0")[0])

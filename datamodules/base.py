@@ -79,12 +79,13 @@ class RefSegDataModule(L.LightningDataModule):
         return False
 
     def attach(self, preprocessor: Preprocessor, sam=None) -> RefSegDataModule:
-        """``sam`` (the model's SAM backend) is needed only to validate an ``embedding_cache``."""
+        """``sam`` (the model's SAM backend) is needed only to validate an ``embedding_cache`` (against the model's
+        SAM and this datamodule's images)."""
         self.preprocessor = preprocessor
         if self.embedding_cache:
             from evf.cache import EmbeddingCache
 
-            self.cache = EmbeddingCache(self.embedding_cache).check(sam, self.geometric_augmentation)
+            self.cache = EmbeddingCache(self.embedding_cache).check(sam, self.geometric_augmentation, datamodule=self)
         return self
 
     def setup(self, stage: str | None = None) -> None:

@@ -79,4 +79,8 @@ def one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m evf.cli` (how `evf sweep` starts runs) runs this file as __main__: call the imported module's
+    # main, whose UserError is the class evf's commands and evf.locks raise, so their errors stay one line
+    from evf.cli import main as package_main
+
+    sys.exit(package_main())

@@ -13,6 +13,10 @@ from PIL import Image, UnidentifiedImageError
 
 from evf.transforms import to_rgb_uint8
 
+# Bump whenever read_image returns other pixels for some file: embedding caches record it and are refused
+# when it differs. 2: EXIF orientation applied, CMYK/YCCK and 16-bit modes converted like cv2.imread.
+IMAGE_LOADER_VERSION = 2
+
 
 class ImageReadError(ValueError):
     """An image file is missing, unreadable, truncated, empty or unusable; the message names the file."""
@@ -133,19 +137,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder; it replaces the folder ``path`` only if the block finishes.
 
-    A folder cannot be renamed over a non-empty one, so an existing ``path`` is removed just before the
-    rename: a crash in that instant leaves no folder (never a half-written one).
+    A folder cannot be renamed over a non-empty one, so an existing ``path`` is first renamed aside
+    (``.<name>.<random>.old``), the new folder renamed in, and the old one deleted. A crash between the
+    two renames leaves no folder under ``path`` (the complete old one waits aside), never a mix of both;
+    an error there puts the old folder back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        aside = None
         if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            aside = path.with_name(f".{path.name}.{tmp.name.split('.')[-2]}.old")
+            os.rename(path, aside)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside, path)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def leftover_siblings(path: str | os.PathLike) -> list[Path]:
+    """Temporaries an interrupted ``atomic_dir``/``atomic_path`` of ``path`` left beside it.
+
+    Only safe to delete while holding the folder's lock (another writer may be using its own)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.glob(f".{glob_escape(path.name)}.*") if p.name.endswith((".tmp", ".old"))]
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

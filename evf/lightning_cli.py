@@ -6,16 +6,22 @@ Extra options (on top of LightningCLI's):
   --test_after_fit      after fit, test the best (or last) checkpoint.
   --test_sets [...]     evaluate on several datasets/splits, each a datamodule override (see docs/training.md).
   --metrics_file FILE   test metrics as JSON (default DIR/metrics.json with --run_dir); written atomically.
+                        With --run_dir it must lie inside DIR: a run never writes into another run's folder.
   --save_predictions    per-sample JSONL (id, sentence, I, U, IoU) per test set (needs --run_dir).
+
+The run folder is locked while the command runs (DIR/.evf.lock, see evf/locks.py): a second process on the
+same DIR stops with one line naming the first; the lock of a crashed run is broken on the next start.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
 import math
 import re
 import sys
+import warnings
 import zipfile
 from argparse import ArgumentError
 from collections.abc import Sequence
@@ -30,6 +36,7 @@ from datamodules.base import RefSegDataModule
 from evf.checkpoint import CheckpointError
 from evf.io import write_text_atomic
 from evf.lightning import EVFSAMModule
+from evf.locks import is_rank_zero, run_dir_lock
 
 TEST_SET_KEYS = ("name", "class_path", "init_args")
 
@@ -60,8 +67,24 @@ def import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "test"
+SAFE_FILE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.+-")
+
+
+def prediction_file_name(name: str) -> str:
+    """Test set name -> ``<file>.jsonl``, one-to-one: ``/`` becomes ``_``; every other character outside
+    ``A-Za-z0-9.+-`` (``_`` and ``%`` included) becomes ``%XX`` per UTF-8 byte, as does a leading dot
+    (no hidden files).
+    ``refcoco+/val`` -> ``refcoco+_val.jsonl``, ``refcoco/val`` -> ``refcoco_val.jsonl``,
+    ``refcoco_val`` -> ``refcoco%5Fval.jsonl``."""
+    def escape(index: int, char: str) -> str:
+        if char == "/":
+            return "_"
+        if char in SAFE_FILE_CHARACTERS and not (index == 0 and char == "."):
+            return char
+        return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+
+    # a lone "%" (never produced otherwise: "%" itself becomes "%25") stands for the empty name: no hidden ".jsonl"
+    return ("".join(escape(i, c) for i, c in enumerate(name)) or "%") + ".jsonl"
 
 
 def check_checkpoint_file(ckpt_path: str | None) -> None:
@@ -75,6 +98,12 @@ def check_checkpoint_file(ckpt_path: str | None) -> None:
 
 
 class EvfCLI(LightningCLI):
+    metrics_path: str | None = None  # where test metrics go (set from --metrics_file / --run_dir)
+
+    def __init__(self, *args, locks: contextlib.ExitStack | None = None, **kwargs):
+        self.locks = locks if locks is not None else contextlib.ExitStack()  # held until the command ends
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser, args) -> None:
         # one line naming the bad key (+ the nearest valid one) instead of jsonargparse's usage dump
         try:
@@ -95,7 +124,8 @@ class EvfCLI(LightningCLI):
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="one folder for config, logs, checkpoints and metrics of this run")
         parser.add_argument("--metrics_file", type=str | None, default=None,
-                            help="write test metrics here as JSON (default: RUN_DIR/metrics.json)")
+                            help="write test metrics here as JSON (default: RUN_DIR/metrics.json; with --run_dir "
+                                 "only a path inside RUN_DIR is used)")
         parser.add_argument("--save_predictions", type=bool, default=False,
                             help="write per-sample results to RUN_DIR/predictions/<test set>.jsonl")
 
@@ -105,9 +135,12 @@ class EvfCLI(LightningCLI):
         trainer = cfg.trainer
         run_dir = cfg.get("run_dir")
         if run_dir:
+            if is_rank_zero():  # before anything is written there; the other ranks write under rank 0's lock
+                self.locks.enter_context(run_dir_lock(run_dir))
             trainer.default_root_dir = run_dir
-            if cfg.get("metrics_file") is None:
-                cfg.metrics_file = str(Path(run_dir) / "metrics.json")
+        self.metrics_path = own_metrics_file(cfg.get("metrics_file"), run_dir) if run_dir else cfg.get("metrics_file")
+        if run_dir and self.metrics_path != cfg.get("metrics_file"):
+            cfg.metrics_file = None  # the saved config.yaml records no path into this run for later runs to inherit
         if trainer.logger is None or trainer.logger is True or (run_dir and trainer.logger is not False):
             trainer.logger = default_loggers(run_dir or trainer.default_root_dir or ".", versioned=not run_dir)
         if run_dir:  # checkpoints where `--ckpt_path last` finds them, always with a last.ckpt to resume from
@@ -125,6 +158,10 @@ class EvfCLI(LightningCLI):
         entries = cfg.get("test_sets")
         if not entries:
             return [(test_set_name(self.datamodule, {}), self.datamodule)]
+        named = [e.get("name") for e in entries if e.get("name")]
+        if len(set(named)) != len(named):
+            duplicate = next(n for n in named if named.count(n) > 1)
+            raise ValueError(f"test_sets: two entries are named {duplicate!r}; their metrics and predictions would overwrite each other")
         data_spec = cfg.data
         base_args = data_spec.init_args.as_dict() if isinstance(data_spec.init_args, Namespace) else dict(data_spec.init_args or {})
         out = []
@@ -136,6 +173,10 @@ class EvfCLI(LightningCLI):
             else:
                 datamodule = build_datamodule(type(self.datamodule), {**base_args, **overrides})
             out.append((entry.get("name") or test_set_name(datamodule, overrides), datamodule))
+        names = [name for name, _ in out]
+        if len(set(names)) != len(names):
+            duplicate = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"test_sets: two entries are both {duplicate!r}; give them distinct 'name's")
         return out
 
     def test(self, model=None, datamodule=None, ckpt_path=None, **kwargs) -> dict[str, dict[str, float]]:
@@ -145,7 +186,7 @@ class EvfCLI(LightningCLI):
         results = {}
         for name, dm in sets:
             if cfg.get("save_predictions") and cfg.get("run_dir"):
-                model.predictions_jsonl = str(Path(cfg.run_dir) / "predictions" / f"{slug(name)}.jsonl")
+                model.predictions_jsonl = str(Path(cfg.run_dir) / "predictions" / prediction_file_name(name))
             kwargs.pop("datamodule", None)
             self.trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, **kwargs)
             results[name] = dict(model.test_results)
@@ -157,12 +198,12 @@ class EvfCLI(LightningCLI):
 
     def write_metrics(self, results: dict, ckpt_path) -> None:
         cfg = self.config[self.subcommand]
-        if not cfg.get("metrics_file") or not self.trainer.is_global_zero:
+        if not self.metrics_path or not self.trainer.is_global_zero:
             return
         results = {name: {k: None if math.isnan(v) else v for k, v in m.items()} for name, m in results.items()}  # NaN -> null
         record = {"test": results, "seed": cfg.get("seed_everything"), "checkpoint": str(ckpt_path) if ckpt_path else None,
                   "global_step": int(self.trainer.global_step), "subcommand": self.subcommand}
-        write_text_atomic(cfg.metrics_file, json.dumps(record, indent=2) + "\n")
+        write_text_atomic(self.metrics_path, json.dumps(record, indent=2) + "\n")
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
@@ -198,11 +239,27 @@ def test_set_name(datamodule: RefSegDataModule, overrides: dict) -> str:
     return f"{dataset}/{datamodule.test_split}"
 
 
+def own_metrics_file(metrics_file: str | None, run_dir: str) -> str:
+    """Where a run in ``run_dir`` writes its test metrics: ``run_dir/metrics.json``, or ``metrics_file`` if it
+    lies inside ``run_dir``. A path outside it (typically another run's, recorded in the config.yaml that
+    run saved) is ignored with a warning: a run never overwrites another run's metrics."""
+    own = Path(run_dir) / "metrics.json"
+    if metrics_file is None or Path(metrics_file) == own:
+        return str(own)
+    if Path(run_dir).resolve() in Path(metrics_file).resolve().parents:
+        return str(metrics_file)
+    if is_rank_zero():  # once per launch, not once per process
+        warnings.warn(f"metrics_file {metrics_file} is outside --run_dir {run_dir} (a config.yaml saved by another run records "
+                      f"that run's file): writing the test metrics to {own} instead", UserWarning, stacklevel=2)
+    return str(own)
+
+
 def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:
     torch.set_float32_matmul_precision("high")
     # LightningCLI warns when given args that merely repeat the command line: pass None then.
     args = None if list(argv) == sys.argv[1:] else list(argv)
-    return EvfCLI(
-        EVFSAMModule, RefSegDataModule, subclass_mode_data=True, args=args,
-        save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
-    )
+    with contextlib.ExitStack() as locks:  # the run folder's lock, released however the command ends
+        return EvfCLI(
+            EVFSAMModule, RefSegDataModule, subclass_mode_data=True, args=args, locks=locks,
+            save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+        )

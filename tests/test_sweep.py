@@ -148,3 +148,25 @@ def test_jobs_must_be_positive(tmp_path, capsys):
     assert evf_main(["sweep", str(config), "--jobs", "0", "--out", str(tmp_path / "out")]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_sweep_on_one_folder_is_refused_until_the_first_is_gone(tmp_path, capsys):
+    """A sweep re-started while the first still runs would start the same runs twice; after a crash it carries on."""
+    import socket
+
+    from tests.lock_helpers import hold_lock, kill
+
+    out = tmp_path / "results"
+    argv = ["sweep", str(write_config(tmp_path / "a.yaml")), "--out", str(out), "--slurm", "--no_submit"]
+    holder = hold_lock(out / ".evf.lock")
+    try:
+        capsys.readouterr()
+        assert evf_main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1
+        assert f"sweep folder {out} is in use by pid {holder.pid} on host {socket.gethostname()}" in error
+        assert sorted(p.name for p in out.iterdir()) == [".evf.lock"]  # no sweep.json, run.json or script
+    finally:
+        kill(holder)
+    assert evf_main(argv) == 0
+    assert (out / "sweep.sbatch").is_file() and not (out / ".evf.lock").exists()

@@ -9,6 +9,8 @@ Each run is ``evf fit --config <base>... --config <file> --seed_everything S --t
 subprocess each) or as one SLURM job array with ``--slurm``. A run is finished when its
 ``metrics.json`` exists (written atomically), so re-running a sweep skips finished runs and resumes
 interrupted ones from their ``last.ckpt``. ``evf table <out>`` rebuilds the table at any time.
+A sweep locks ``<out>`` (``<out>/.evf.lock``) and each run its run folder: a second sweep on the same
+``<out>`` stops with one line naming the first, while a sweep restarted after a crash carries on.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from evf.cli import UserError
 from evf.io import write_text_atomic
+from evf.locks import FolderLock
 from evf.results import METRICS_FILE, RUN_FILE, SWEEP_FILE, format_cell, write_tables
 from evf.slurm import device_overrides, render_array
 
@@ -156,6 +159,12 @@ def main(argv: Sequence[str]) -> int:
         for run in todo:
             print(" ".join(run["command"]))
         return 0
+    with FolderLock(out / ".evf.lock", f"sweep folder {out}"):  # before anything is written under it
+        return run_sweep(args, runs, todo, overrides)
+
+
+def run_sweep(args: argparse.Namespace, runs: list[dict], todo: list[dict], overrides: list[str]) -> int:
+    out = Path(args.out)
     names = list(dict.fromkeys(r["name"] for r in runs))
     write_text_atomic(out / SWEEP_FILE, json.dumps({"configs": names, "seeds": args.seeds, "base": args.base,
                                                     "overrides": overrides}, indent=2) + "\n")

@@ -59,12 +59,55 @@ def compare(official: dict, ours: dict) -> tuple[list[str], bool]:
     return rows, ok
 
 
+def summary(official: dict, ours: dict) -> dict[str, str]:
+    """One table row for a family: the worst case of each stage over all images and prompts."""
+    worst: dict[str, str] = {}
+    for stage in STAGES:
+        diffs = []
+        for image, theirs in official.items():
+            mine = ours[image]
+            keys = [None] if stage in ("pixels", "beit_view", "sam_view") else [k for k in theirs if isinstance(k, int)]
+            for j in keys:
+                a, b = (theirs, mine) if j is None else (theirs[j], mine[j])
+                if stage in a and stage in b:
+                    diffs.append(stage_diff(a[stage], b[stage]))
+        if not diffs:
+            worst[stage] = "–"
+        elif all(d == "equal" for d in diffs):
+            worst[stage] = "equal"
+        elif any(d.startswith(("shape", "missing")) or d.endswith("differ") for d in diffs):
+            worst[stage] = next(d for d in diffs if d.startswith(("shape", "missing")) or d.endswith("differ"))
+        else:
+            worst[stage] = max(diffs, key=float)
+    ious, pixels = [], []
+    for image, theirs in official.items():
+        for j in (k for k in theirs if isinstance(k, int)):
+            iou, differing, _ = mask_agreement(theirs[j]["final_logits"], ours[image][j]["final_logits"])
+            ious.append(iou)
+            pixels.append(differing)
+    worst["mask IoU (min)"] = f"{min(ious):.6f}"
+    worst["differing pixels (max)"] = str(max(pixels))
+    return worst
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("official")
     parser.add_argument("ours")
     parser.add_argument("--title", default="")
+    parser.add_argument("--summary", nargs="*", metavar="LABEL OFFICIAL OURS",
+                        help="further triples: print one worst-case line per (label, official.pt, ours.pt)")
     args = parser.parse_args(argv)
+    if args.summary is not None:
+        triples = [(args.title or "row", args.official, args.ours)]
+        triples += [tuple(args.summary[i:i + 3]) for i in range(0, len(args.summary), 3)]
+        rows = [(label, summary(torch.load(a), torch.load(b))) for label, a, b in triples]
+        columns = list(rows[0][1])
+        print("| row | " + " | ".join(columns) + " |")
+        print("|" + "---|" * (len(columns) + 1))
+        for label, worst in rows:
+            print(f"| {label} | " + " | ".join(worst[c] for c in columns) + " |")
+        return 0
     rows, ok = compare(torch.load(args.official), torch.load(args.ours))
     if args.title:
         print(f"### {args.title}\n")

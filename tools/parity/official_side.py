@@ -161,7 +161,7 @@ def cmd_infer(args):
     model_type = FAMILIES[args.family][3]
     tokenizer = AutoTokenizer.from_pretrained(args.release, padding_side="right", use_fast=False)
     model = cls.from_pretrained(args.release, low_cpu_mem_usage=True, torch_dtype=torch.float32).eval()
-    check_weights_equal_file(model, Path(args.release) / "model.safetensors")
+    check_weights_equal_file(model, Path(args.release) / "model.safetensors", tuple(args.unused_keys))
     model.to(args.device)
     recorder = Recorder(model, args.family)
     prompts = json.loads(Path(args.prompts).read_text())
@@ -187,11 +187,12 @@ def cmd_infer(args):
     torch.save(results, args.out)
 
 
-def check_weights_equal_file(model, weights: Path):
-    """The official loader must have put exactly the file's values into the model (no silent renames/skips)."""
+def check_weights_equal_file(model, weights: Path, unused: tuple[str, ...] = ()):
+    """The official loader must have put exactly the file's values into the model (no silent renames/skips);
+    ``unused``: keys of the file the official class has no place for (SAM-2.1-only video tensors)."""
     from safetensors.torch import load_file
 
-    saved = load_file(str(weights))
+    saved = {k: v for k, v in load_file(str(weights)).items() if k not in unused}
     state = model.state_dict()
     missing = sorted(set(saved) ^ set(state))
     if missing:
@@ -223,6 +224,7 @@ def main(argv=None):
             p.add_argument("--images", nargs="+", required=True)
             p.add_argument("--prompts", required=True, help="JSON list of prompts")
             p.add_argument("--out", required=True)
+            p.add_argument("--unused-keys", nargs="*", default=[], help="file keys the official class cannot hold")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 on a GPU too

@@ -98,7 +98,8 @@ def row(args, name: str) -> tuple[list[str], bool]:
         off, ours = work / f"official_{name}_{flavour}.pt", work / f"ours_{name}_{flavour}.pt"
         if not (args.reuse and off.is_file()):
             run([*official, "infer", "--checkout", args.checkout, "--family", family, "--release", folder,
-                 "--images", *paths, "--prompts", prompts, "--out", off, "--device", args.device])
+                 "--images", *paths, "--prompts", prompts, "--out", off, "--device", args.device,
+                 *(["--unused-keys", *SAM21_ONLY] if name == "sam2.1-L" else [])])
         check = flavour == "multitask" and not args.quick
         if not (args.reuse and ours.is_file()):
             run([sys.executable, HERE / "our_side.py", "--release", folder, "--images", *paths, "--prompts", prompts,

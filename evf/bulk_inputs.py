@@ -86,15 +86,20 @@ def resolve_specs(specs: Sequence[str], exclude: str | os.PathLike | None = None
     return images, bases
 
 
+def read_text_lines(path: Path, what: str, error: type[Exception] = BulkInputError) -> list[str]:
+    """The lines of a UTF-8 text file (a BOM is dropped); ``error`` names ``what`` and the file otherwise."""
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
 def read_manifest(path: str | os.PathLike, default_prompts: Sequence[str] = ()) -> list[tuple[str, tuple[str, ...]]]:
     """``(absolute image path, prompts)`` for each non-blank line of a JSONL manifest."""
     path = Path(path)
-    if not path.is_file():
-        raise BulkInputError(f"manifest not found: {path}")
-    try:
-        lines = path.read_bytes().decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise BulkInputError(f"manifest {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    lines = read_text_lines(path, "manifest")
     rows, seen = [], {}
     for number, line in enumerate(lines, 1):
         if not line.strip():

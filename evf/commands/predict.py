@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from evf.bulk_inputs import collect_items, is_glob
+from evf.bulk_inputs import collect_items, is_glob, read_text_lines
 from evf.checkpoint import CheckpointError, read_checkpoint
 from evf.cli import UserError
 from evf.io import read_image, save_png_atomic
@@ -80,12 +80,7 @@ def read_prompts(prompts: Sequence[str], prompt_file: str | None, required: bool
         out.append(text.strip())
     if prompt_file:
         path = Path(prompt_file)
-        if not path.is_file():
-            raise UserError(f"prompt file not found: {path}")
-        try:
-            lines = path.read_bytes().decode("utf-8-sig").splitlines()
-        except UnicodeDecodeError as exc:
-            raise UserError(f"prompt file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+        lines = read_text_lines(path, "prompt file", UserError)
         from_file = [line.strip() for line in lines if line.strip()]
         if not from_file:
             raise UserError(f"prompt file {path} holds no prompts")

@@ -92,7 +92,7 @@ def test_encoder_pretraining_saves_what_the_plugin_loads(tmp_path, family):
 
 
 def test_location_probe_scores_a_text_only_guesser_equal_on_both_images(monkeypatch):
-    import evf.pretrain.encoders as encoders
+    from evf.pretrain import encoders
 
     torch.manual_seed(0)
     objective = pretrain_encoder(build_encoder("beit3"), steps=2, batch_size=4, log=None)

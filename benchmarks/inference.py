@@ -61,26 +61,14 @@ def timed(fn) -> float:
 
 def write_release(folder: Path, sam_scale: str, encoder_size: str) -> None:
     """An official-format release folder (config.json, model.safetensors in the official keys, tokenizer)."""
-    from safetensors.torch import save_file
-
     from evf.encoders import Beit3Encoder
-    from evf.model import EVFSAM, OFFICIAL_BACKENDS, OFFICIAL_PREFIXES
+    from evf.model import EVFSAM, OFFICIAL_BACKENDS
     from evf.sam import Sam1Backend
-    from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
 
     torch.manual_seed(0)
     variant = OFFICIAL_BACKENDS["EvfSamModel"][1][sam_scale]["variant"]
     model = EVFSAM(Beit3Encoder(size=encoder_size), Sam1Backend(variant=variant))
-    ours_to_official = {ours: theirs for theirs, ours in OFFICIAL_PREFIXES.items()}
-    state = {}
-    for key, value in model.state_dict().items():
-        prefix = next((p for p in ours_to_official if key.startswith(p)), "")
-        state[ours_to_official.get(prefix, "") + key[len(prefix):]] = value.contiguous()
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "model.safetensors"))
-    config = {"architectures": ["EvfSamModel"], "sam_scale": sam_scale, "mm_extractor_scale": encoder_size}
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / SPM_FILENAME).write_bytes((toy_tokenizer_dir() / SPM_FILENAME).read_bytes())  # the real one is not shipped
+    model.save_pretrained(folder)  # the toy tokenizer's files go with it: the real one is not shipped
 
 
 def write_images(folder: Path, n: int) -> None:

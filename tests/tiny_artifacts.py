@@ -52,13 +52,9 @@ def tiny_evfsam(seed: int = 0):
 
 
 def to_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from evf.model import OFFICIAL_PREFIXES
+    from evf.release import to_official
 
-    out = {}
-    for key, value in state.items():
-        theirs = next((t + key[len(o):] for t, o in OFFICIAL_PREFIXES.items() if key.startswith(o)), key)
-        out[theirs] = value.detach().clone().contiguous()
-    return out
+    return {k: v.detach().clone().contiguous() for k, v in to_official(state).items()}
 
 
 def write_release_folder(folder: Path, seed: int = 0, architecture: str = "EvfSamModel") -> Path:

@@ -144,21 +144,29 @@ def test_refcoco_through_lightning_cli_yaml(roots, tmp_path):
 
 
 def test_eval_experiment_files_load_on_fixtures(tmp_path, monkeypatch):
-    """Each experiments/eval/*.yaml data section parses and, pointed at a fixture, yields its test split."""
+    """Each experiments/eval/*.yaml (a data section or a list of test_sets), pointed at a fixture, yields its test split."""
     from pathlib import Path
 
     import yaml
     from jsonargparse import ArgumentParser
 
     from datamodules.base import RefSegDataModule
+    from evf.lightning_cli import build_datamodule, import_class
 
     monkeypatch.setenv("EVF_CACHE", str(tmp_path))
     files = sorted((Path(__file__).parents[1] / "experiments" / "eval").glob("*.yaml"))
-    assert len(files) == 10
+    assert [f.stem for f in files] == ["ade20k", "pascal_part", "refcoco"]
     parser = ArgumentParser()
     parser.add_subclass_arguments(RefSegDataModule, "data")
+    built = []
     for path in files:
-        data = yaml.safe_load(path.read_text())["data"]
-        data["init_args"]["root"] = "fixture"
-        dm = parser.instantiate_classes(parser.parse_object({"data": data})).data
-        assert len(dm.raw_dataset(dm.test_split)) > 0, path.name
+        config = yaml.safe_load(path.read_text())
+        if "data" in config:
+            data = {**config["data"], "init_args": {**config["data"]["init_args"], "root": "fixture"}}
+            built.append((path.stem, parser.instantiate_classes(parser.parse_object({"data": data})).data))
+        for entry in config.get("test_sets") or []:
+            args = {k: v for k, v in entry.items() if k not in ("name", "class_path")}
+            built.append((entry["name"], build_datamodule(import_class(entry["class_path"]), {**args, "root": "fixture"})))
+    assert len(built) == 10
+    for name, dm in built:
+        assert len(dm.raw_dataset(dm.test_split)) > 0, name

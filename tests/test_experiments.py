@@ -146,3 +146,56 @@ def test_row_trains_one_step_with_tiny_weights(row, capsys, tmp_path):
         if key in ENCODER_KEEP:
             assert getattr(encoder, key) == value, key
     assert cli.trainer.callback_metrics["train/loss"].isfinite()
+
+
+def layered_bases(path: Path) -> list[Path]:
+    """The files an experiment file is layered on, as its usage line and `evf sweep --base` state."""
+    experiments = ROOT / "experiments"
+    folder = path.parent.name
+    if path.parent == experiments:
+        return [experiments / "mini_base.yaml"] if path.name == "mini_scratch_base.yaml" else []
+    if folder == "mini":
+        return [experiments / "mini_base.yaml"]
+    if folder == "mini_scratch":
+        return [experiments / "mini_base.yaml", experiments / "mini_scratch_base.yaml"]
+    return [BASE]
+
+
+def merged(configs: list[dict]) -> dict:
+    out: dict = {}
+    for config in configs:
+        out = merge_into(out, config)
+    return out
+
+
+def merge_into(base, override):
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    if "class_path" in override and override["class_path"] != base.get("class_path"):
+        return override  # another class: its arguments start afresh (LightningCLI carries same names over)
+    return {**base, **{k: merge_into(base.get(k), v) for k, v in override.items()}}
+
+
+def restated(base, override, key: str = "") -> list[str]:
+    """Keys of ``override`` whose value ``base`` already sets to the same thing. A subtree that names another
+    ``class_path`` is skipped: there, spelling arguments out is required (see the leak check above)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        if "class_path" in override and override["class_path"] != base.get("class_path"):
+            return []
+        return [r for k, v in override.items() if k in base for r in restated(base[k], v, f"{key}.{k}".lstrip("."))]
+    return [key] if base == override else []
+
+
+EXPERIMENT_FILES = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if layered_bases(p))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: str(p.relative_to(ROOT / "experiments")))
+def test_experiment_files_state_only_what_differs_from_their_base(path):
+    base = merged([yaml.safe_load(b.read_text()) or {} for b in layered_bases(path)])
+    assert restated(base, yaml.safe_load(path.read_text()) or {}) == []
+
+
+def test_restated_finds_repeated_values_but_not_new_classes():
+    base = {"a": 1, "m": {"class_path": "X", "init_args": {"size": "l", "mode": "early"}}, "t": [1, 2]}
+    assert restated(base, {"a": 1, "m": {"init_args": {"size": "l", "mode": "late"}}, "t": [1, 2]}) == ["a", "m.init_args.size", "t"]
+    assert restated(base, {"a": 2, "m": {"class_path": "Y", "init_args": {"size": "l"}}, "t": [1]}) == []

@@ -96,7 +96,7 @@ def experiment_test_set_names() -> dict[str, list[str]]:
 
 def test_prediction_file_names_are_one_to_one():
     per_file = experiment_test_set_names()
-    assert "experiments/paper/refcoco.yaml" in per_file and len(per_file["experiments/paper/refcoco.yaml"]) == 8
+    assert "experiments/eval/refcoco.yaml" in per_file and len(per_file["experiments/eval/refcoco.yaml"]) == 8
     for path, names in per_file.items():
         assert len(set(map(prediction_file_name, names))) == len(set(names)), path
     tricky = ["refcoco/val", "refcoco+/val", "refcoco_val", "refcoco%5Fval", "refcoco%2Fval", "a/b/c", "a_b/c", "a/b_c",

@@ -60,7 +60,8 @@ def test_strategy_override_prints_and_instantiates(name, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["refcoco", "hybrid"])
 def test_paper_recipes(name, capsys):
-    config = print_config(capsys, REPO / "experiments/base.yaml", REPO / "experiments/paper" / f"{name}.yaml")
+    config = print_config(capsys, REPO / "experiments/base.yaml", REPO / "experiments/paper" / f"{name}.yaml",
+                          REPO / "experiments/eval/refcoco.yaml")
     trainer, data = config["trainer"], config["data"]["init_args"]
     assert (trainer["devices"], trainer["accumulate_grad_batches"], trainer["max_steps"]) == (4, 2, 15000)
     assert data["batch_size"] == 16 and trainer["precision"] in ("bf16-mixed", "16-mixed")

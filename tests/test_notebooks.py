@@ -1,4 +1,5 @@
-"""Both notebooks execute headless (nbclient) in tiny mode (``EVF_NOTEBOOK_TINY=1``) and produce their figures."""
+"""Both notebooks execute headless (nbclient, slow) in tiny mode (``EVF_NOTEBOOK_TINY=1``) and produce their figures;
+their code cells also run in-process in the default suite (fast)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,14 +32,42 @@ def text(outputs) -> str:
     return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(monkeypatch, tmp_path):
     _, outputs = execute("quickstart.ipynb", monkeypatch, tmp_path)
     assert "test cIoU=" in text(outputs)
     assert images(outputs) == 1  # the overlay figure
 
 
+@pytest.mark.slow
 def test_fusion_study_notebook_runs(monkeypatch, tmp_path):
     _, outputs = execute("fusion_study.ipynb", monkeypatch, tmp_path)
     printed = text(outputs)
     assert "beit3_early_l1-2" in printed and "vilt_text" in printed  # every sweep row is read
     assert images(outputs) == 2  # the results plot and the attention maps
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "fusion_study.ipynb"])
+def test_notebook_code_runs_in_process(name, monkeypatch):
+    """Fast smoke test of the notebooks' code paths: every code cell, in order, in this process (no kernel),
+    tiny mode, figures drawn off-screen. The kernel run above (slow) also checks the rendered outputs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("EVF_NOTEBOOK_TINY", "1")
+    monkeypatch.chdir(ROOT)  # the notebooks chdir to the repository root; monkeypatch restores the old folder
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    namespace: dict = {"__name__": "__notebook__"}
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            exec(compile(cell.source, f"{name}[cell]", "exec"), namespace)  # noqa: S102 - our own notebooks
+    figures = [plt.figure(n) for n in plt.get_fignums()]
+    assert len(figures) == (1 if name == "quickstart.ipynb" else 2)
+    assert all(f.axes and any(ax.get_images() or ax.patches for ax in f.axes) for f in figures)
+    plt.close("all")
+    if name == "quickstart.ipynb":
+        assert 0.0 <= namespace["metrics"]["test/cIoU"] <= 1.0 and namespace["predicted"].shape[0] == len(namespace["prompts"])

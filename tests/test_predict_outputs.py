@@ -203,3 +203,10 @@ def test_sigint_mid_run_exits_130_with_an_interrupted_manifest(release, tmp_path
     assert manifest(out)["status"] == "interrupted" and len(manifest(out)["files"]) == 20 * 2
     assert 2 <= len(files_in(out)) - 1 < 20 * 2  # some images written, not all; no lock or temporary left
     assert not [p for p in out.rglob(".*")]
+
+
+def test_an_image_named_like_the_manifest_is_refused(release, photos, tmp_path, capsys):
+    (photos / MANIFEST_NAME).write_bytes((photos / "a.png").read_bytes())  # a PNG, whatever its name
+    code, cap = predict(capsys, release, tmp_path / "out", "--image", photos / MANIFEST_NAME, photos / "b.png")
+    assert_one_line_error(code, cap.err, f"an output would be named {tmp_path / 'out' / MANIFEST_NAME}, a name --out keeps")
+    assert files_in(tmp_path / "out") == []

@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import Augmenter, build_augmentation
 from datamodules.base import RefSegDataModule
-from evf.io import read_image
+from evf.io import make_temp_sibling, read_image
 from evf.tokenizer import SEMANTIC_TOKEN
 
 FIXTURE_ROOT = "fixture"  # root: fixture -> a tiny generated copy of the dataset in its real format
@@ -178,7 +177,7 @@ def resolve_root(root: str | os.PathLike, fixture: str) -> Path:
     cache = Path(os.environ.get("EVF_CACHE", Path.home() / ".cache" / "evf")) / "fixtures" / fixture
     if not cache.is_dir():
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{fixture}."))
+        tmp = make_temp_sibling(cache, folder=True)  # the umask applies (mkdtemp would make it 0700)
         importlib.import_module(f"datamodules.testing.{fixture}").write(tmp)
         try:
             os.replace(tmp, cache)

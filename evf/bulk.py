@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -90,6 +92,8 @@ class BulkPredictModule(LightningModule):
 
     def on_predict_start(self) -> None:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="evf-write")
+        # processes launched from outside (torchrun, srun) start writing only once process 0 has cleared --out
+        self.trainer.strategy.barrier("evf-outputs-cleared")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         masks = ImageSession(self.model, batch["sample"], self.tokenizer).predict(batch["prompts"], self.max_batch)
@@ -105,6 +109,12 @@ class BulkPredictModule(LightningModule):
                 self.pending.popleft().result()
         finally:
             self.writer.shutdown(wait=True)
+        self.trainer.strategy.barrier("evf-outputs-written")  # process 0 then writes the output manifest
+
+    def stop_writing(self) -> None:
+        """After an error or Ctrl-C: drop the queued writes, wait for the one under way (nothing writes later)."""
+        if self.writer is not None:
+            self.writer.shutdown(wait=True, cancel_futures=True)
 
 
 class ImagesProgressBar(Callback):
@@ -169,7 +179,19 @@ def run_bulk(model: EVFSAM, items: Sequence[BulkItem], write: Writer, accelerato
         trainer = Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, inference_mode=True,
                           callbacks=[ImagesProgressBar(len(items), progress)])
-        trainer.predict(BulkPredictModule(model.eval(), write, max_batch), dataloaders=loader, return_predictions=False)
+        module = BulkPredictModule(model.eval(), write, max_batch)
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        except SystemExit as exc:
+            # Lightning answers Ctrl-C with its own clean-up and sys.exit(1): give the caller its KeyboardInterrupt
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            module.stop_writing()
+            if threading.current_thread() is threading.main_thread() and sigint is not None:
+                signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT from the first Ctrl-C on
     return trainer.global_rank == 0
 
 

@@ -61,10 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.main(argv[1:]) or 0)
     except SystemExit as exc:  # argparse/jsonargparse already printed their one-line message
         return exc.code if isinstance(exc.code, int) else 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT: exit 130 (128 + SIGINT), as shells report it
         if debug:
             raise
-        return fail("interrupted")
+        fail(str(exc) or "interrupted")
+        return 130
     except (UserError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         if debug:
             raise

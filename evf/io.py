@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +115,26 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         return np.array(im)
 
 
+def make_temp_sibling(path: Path, folder: bool) -> Path:
+    """A new, empty ``.<name>.<random>.tmp`` file or folder beside ``path``, with the mode a plain ``open()`` or
+    ``mkdir`` gives: 0666 / 0777 less the umask (and a default ACL of the folder applies).
+
+    Not ``tempfile.mkstemp``/``mkdtemp``: they create 0600 / 0700, which would carry over to the renamed output
+    and hide it from the rest of a group sharing the folder (clusters usually run with umask 002 or 022).
+    """
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if folder:
+                os.mkdir(tmp, 0o777)  # the kernel applies the umask, as for every mkdir
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:  # another writer's temporary of the same name: draw again
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; it replaces ``path`` only if the block finishes.
@@ -123,9 +143,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = make_temp_sibling(path, folder=False)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -144,7 +162,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = make_temp_sibling(path, folder=True)
     try:
         yield tmp
         aside = None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from evf.io import atomic_path
+from evf.io import atomic_path, make_temp_sibling
 
 SEMANTIC_TOKEN = "[semantic]"
 SPM_FILENAME = "sentencepiece.bpe.model"
@@ -132,7 +132,7 @@ def train_sentencepiece(sentences: Iterable[str], vocab_size: int = 96, cache_di
     if (root / SPM_FILENAME).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent))
+    tmp = make_temp_sibling(root, folder=True)  # mkdtemp's 0700 would hide a shared cache from the group
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_prefix=str(tmp / "sentencepiece.bpe"), vocab_size=vocab_size,
         model_type="unigram", hard_vocab_limit=False, num_threads=1, minloglevel=2,

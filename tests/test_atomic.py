@@ -230,3 +230,36 @@ def test_atomic_dir_replaces_a_folder_only_when_the_block_finishes(tmp_path):
         (tmp / "new.txt").write_text("new")
         assert not (target / "new.txt").exists()  # nothing visible under the final name until the block ends
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# -- modes: what a plain open()/mkdir would give under the umask (issue 14: mkstemp made outputs 0600) --------
+@pytest.fixture(params=[0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_atomic_files_and_folders_get_the_modes_of_a_plain_open_and_mkdir(tmp_path, umask):
+    import numpy as np
+
+    from evf.io import atomic_dir
+
+    with open(tmp_path / "plain.txt", "w") as f:  # the reference: what every other program's files get
+        f.write("x")
+    (tmp_path / "plain-dir").mkdir()
+    assert mode(tmp_path / "plain.txt") == 0o666 & ~umask and mode(tmp_path / "plain-dir") == 0o777 & ~umask
+    write_text_atomic(tmp_path / "metrics.json", "{}")
+    save_png_atomic(tmp_path / "mask.png", np.zeros((2, 3), np.uint8))
+    with atomic_path(tmp_path / "weights.bin") as tmp:
+        assert mode(tmp) == 0o666 & ~umask  # already while written
+        tmp.write_bytes(b"w")
+    with atomic_dir(tmp_path / "cache") as tmp:
+        (tmp / "shard").write_bytes(b"s")
+    for name in ("metrics.json", "mask.png", "weights.bin", "cache/shard"):
+        assert mode(tmp_path / name) == mode(tmp_path / "plain.txt"), name
+    assert mode(tmp_path / "cache") == mode(tmp_path / "plain-dir")

@@ -5,6 +5,7 @@ docs/errors.md lists each case and its message; keep the two in step.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,8 @@ def out(tmp_path):
     folder.mkdir()
     (folder / "overlay.png").write_bytes(b"earlier result")
     (folder / "00_the-square.png").write_bytes(b"earlier mask")
+    files = ["00_the-square.png", "overlay.png"]  # the earlier call's manifest: these files are evf's to replace
+    (folder / "predictions.json").write_text(json.dumps({"format": 1, "status": "complete", "files": files}))
     return folder
 
 

@@ -203,4 +203,6 @@ def test_two_cpu_processes_write_the_same_files(release, photos, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.count("3 images, 3 masks") == 1  # printed by process 0 only
         outs[devices] = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    assert len(outs["1"]) == 3 * 2 and outs["1"] == outs["2"]
+    # 3 images x (mask + overlay), and the manifest process 0 wrote once both processes had finished
+    assert len(outs["1"]) == 3 * 2 + 1 and outs["1"] == outs["2"]
+    assert json.loads(outs["2"]["predictions.json"])["status"] == "complete"

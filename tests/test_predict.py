@@ -1,6 +1,8 @@
 """``evf predict`` on a tiny official release folder and on a Lightning checkpoint from a tiny ``evf fit``."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,6 +10,7 @@ from PIL import Image
 from evf.cli import main as evf
 from evf.commands.predict import COLOURS, mask_names, overlay, slug
 from evf.io import read_image
+from evf.output_set import MANIFEST_NAME
 from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
 
 PROMPTS = ["the red square", "the largest circle on the left", "blue"]
@@ -37,8 +40,11 @@ def run_predict(capsys, checkpoint, image, out, prompts=PROMPTS, extra=()):
 
 
 def assert_outputs_match(out, image, prompts, expected):
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME)
     assert names == sorted(mask_names(prompts) + ["overlay.png"])
+    if (out / MANIFEST_NAME).is_file():  # the single-image form: the call's manifest lists exactly these files
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        assert manifest["status"] == "complete" and sorted(manifest["files"]) == names
     for name, mask in zip(mask_names(prompts), expected):
         written = read_png(out / name)
         assert written.dtype == np.uint8 and set(np.unique(written)) <= {0, 255}
@@ -106,7 +112,7 @@ def test_prompt_file_utf8(release, tmp_path, capsys):
     code, cap = run_predict(capsys, release, image_path, tmp_path / "out", prompts=prompts[:1],
                             extra=["--prompt-file", str(prompt_file)])
     assert code == 0, cap.err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(mask_names(prompts) + ["overlay.png"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*mask_names(prompts), "overlay.png", MANIFEST_NAME])
 
 
 def test_names_and_overlay_colours():

@@ -10,6 +10,11 @@ through Lightning's predict loop (``--devices N``: one process per device), each
 in threads ahead of the model, with a progress bar; see ``evf.bulk``. Every input is checked before
 anything is written.
 
+Each call's outputs are one unit (``evf.output_set``): ``--out/predictions.json``, written last, lists exactly
+the files of the call and says ``"complete"``; the next call removes those files before writing its own, so
+no stale mask of an earlier call stays behind. A call refuses to overwrite an input image or a file it did not
+write, and Ctrl-C leaves the manifest saying ``"interrupted"`` (exit 130).
+
 The checkpoint is either an official EVF-SAM release folder (config.json + weights + tokenizer)
 or a Lightning ``.ckpt`` from ``evf fit``; the latter is rebuilt from the run's ``config.yaml``
 (saved by LightningCLI next to the run's ``checkpoints/`` folder) or from ``--config``.
@@ -17,6 +22,7 @@ or a Lightning ``.ckpt`` from ``evf fit``; the latter is rebuilt from the run's 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -30,6 +36,8 @@ from evf.bulk_inputs import collect_items, is_glob, read_text_lines
 from evf.checkpoint import CheckpointError, read_checkpoint
 from evf.cli import UserError
 from evf.io import read_image, save_png_atomic
+from evf.locks import is_rank_zero
+from evf.output_set import ImageOutputs, OutputSet
 from evf.predictor import DEFAULT_MAX_BATCH
 
 if TYPE_CHECKING:  # the model is imported lazily so `evf predict --help` stays fast
@@ -203,13 +211,23 @@ def overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def image_file_names(prompts: Sequence[str]) -> list[str]:
+    """The files one image gets: a mask per prompt, then the overlay."""
+    return [*mask_names(prompts), OVERLAY_NAME]
+
+
+def image_outputs(image: str | Path, folder: str, prompts: Sequence[str]) -> ImageOutputs:
+    """What a call writes for one image into ``--out/folder`` (``"."``: straight into ``--out``)."""
+    names = image_file_names(prompts)
+    files = names if folder == "." else [f"{folder}/{name}" for name in names]
+    return ImageOutputs(Path(os.path.abspath(image)), folder, tuple(prompts), tuple(files))
+
+
 def write_outputs(folder: Path, image: np.ndarray, prompts: Sequence[str], masks: np.ndarray) -> list[Path]:
-    written = []
-    for name, mask in zip(mask_names(prompts), masks):
-        save_png_atomic(folder / name, mask.astype(np.uint8) * 255)
-        written.append(folder / name)
-    save_png_atomic(folder / OVERLAY_NAME, overlay(image, masks))
-    written.append(folder / OVERLAY_NAME)
+    written = [folder / name for name in image_file_names(prompts)]
+    for path, mask in zip(written, masks):
+        save_png_atomic(path, mask.astype(np.uint8) * 255)
+    save_png_atomic(written[-1], overlay(image, masks))
     return written
 
 
@@ -243,13 +261,36 @@ def predict_many(args, prompts: list[str]) -> int:
     accelerator, devices = device_choice(args.device, args.devices)
     items = collect_items(args.image or (), args.manifest, prompts, exclude=args.out, threads=args.threads)
     folder = prepare_out_dir(args.out)
+    outputs = OutputSet(folder, [image_outputs(i.image, i.out_name.as_posix(), i.prompts) for i in items])
+    lead = is_rank_zero()  # with --devices N, Lightning runs this command again in N-1 more processes
+    if lead:
+        outputs.check()
     model = load_model(args.checkpoint, args.config)
 
     def write(name: Path, image: np.ndarray, image_prompts: Sequence[str], masks: np.ndarray) -> None:
         write_outputs(folder / name, image, image_prompts, masks)
 
-    if run_bulk(model, items, write, accelerator, devices, args.max_batch, args.threads, progress=not args.no_progress):
+    with outputs.writing(lead):  # process 0 writes the manifest once every process has written its images
+        done = run_bulk(model, items, write, accelerator, devices, args.max_batch, args.threads, progress=not args.no_progress)
+    if done:
         print(f"{len(items)} images, {sum(len(i.prompts) for i in items)} masks -> {folder}")
+    return 0
+
+
+def predict_one(args, prompts: list[str]) -> int:
+    """The single-image form: masks and overlay straight into ``--out``."""
+    if args.devices != 1:
+        raise UserError(f"--devices {args.devices} is for many images (a folder, glob or --manifest); one image runs on --device")
+    image = read_image(args.image[0])
+    folder = prepare_out_dir(args.out)
+    outputs = OutputSet(folder, [image_outputs(args.image[0], ".", prompts)])
+    outputs.check()  # before the slow model load
+    device = parse_device(args.device)
+    model = load_model(args.checkpoint, args.config).to(device).eval()
+    with outputs.writing():
+        written = write_outputs(folder, image, prompts, model.predict(image, prompts, max_batch=args.max_batch).numpy())
+    for path in written:
+        print(path)
     return 0
 
 
@@ -259,12 +300,4 @@ def main(argv: Sequence[str]) -> int:
         raise UserError(f"--max-batch must be at least 1, got {args.max_batch}")
     one_image = is_one_image_file(args)
     prompts = read_prompts(args.prompt, args.prompt_file, required=args.manifest is None)
-    if not one_image:
-        return predict_many(args, prompts)
-    if args.devices != 1:
-        raise UserError(f"--devices {args.devices} is for many images (a folder, glob or --manifest); one image runs on --device")
-    image, folder, model = load_inputs(args)
-    masks = model.predict(image, prompts, max_batch=args.max_batch).numpy()
-    for path in write_outputs(folder, image, prompts, masks):
-        print(path)
-    return 0
+    return predict_one(args, prompts) if one_image else predict_many(args, prompts)

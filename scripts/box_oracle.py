@@ -15,9 +15,9 @@ import torch
 
 from datamodules.spatial import SpatialRefDataModule
 from evf.encoders import Beit3Encoder
-from evf.lightning import linear_schedule
 from evf.metrics import ReferringSegmentationMetrics
 from evf.model import bce_dice_loss
+from evf.optim import linear_schedule
 from evf.sam import Sam1Backend
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from evf.encoders import Beit3Encoder
-from evf.lightning import linear_schedule
+from evf.optim import linear_schedule
 from evf.pretrain import GroundingObjective, grounding_batch, grounding_probe
 from evf.pretrain.scenes import WARMUP_STEPS
 

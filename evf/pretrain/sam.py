@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from datamodules.spatial import make_spatial_scene
-from evf.lightning import linear_schedule
 from evf.model import bce_dice_loss
+from evf.optim import linear_schedule
 from evf.pretrain.scenes import SCENE_SIZE, WARMUP_STEPS
 
 

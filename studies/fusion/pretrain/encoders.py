@@ -14,7 +14,7 @@ from torch import nn
 from evf.encoders.beit3 import Beit3Encoder
 from evf.io import atomic_dir, atomic_path
 from evf.optim import linear_schedule
-from evf.pretrain.scenes import COLS, ROWS, WARMUP_STEPS, caption_batch, grounding_batch, mask_tokens
+from studies.fusion.pretrain.scenes import COLS, ROWS, WARMUP_STEPS, caption_batch, grounding_batch, mask_tokens
 
 
 def width_and_vocab(encoder) -> tuple[int, int]:

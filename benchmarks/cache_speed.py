@@ -1,6 +1,6 @@
 """Time per training step with and without the frozen-embedding cache, side by side in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/cache_speed.py            # SAM vit_b + BEiT-3-Base, random weights, CPU
+    OMP_NUM_THREADS=1 python -m benchmarks.cache_speed            # SAM vit_b + BEiT-3-Base, random weights, CPU
 
 A step = next batch from the DataLoader (preprocessing included) + forward + loss + backward + AdamW step.
 Uncached and cached steps are interleaved so that machine load affects both alike. The one-off cost of
@@ -9,15 +9,10 @@ building the cache (``evf cache``) is printed separately. Not a test: no thresho
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

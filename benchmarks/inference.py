@@ -1,9 +1,9 @@
 """Inference that does not redo work: one image, 8 prompts, three ways; and bulk images/s, side by side in one run.
 
-    OMP_NUM_THREADS=2 python benchmarks/inference.py             # SAM-1 ViT-B + BEiT-3-Base (~12 min on 2 quiet cores)
-    OMP_NUM_THREADS=2 python benchmarks/inference.py --large     # + SAM-H + BEiT-3-L (much longer on a CPU)
-    python benchmarks/inference.py --large --device cuda:0        # on a GPU
-    python benchmarks/inference.py --tiny --images 3             # tiny models: a smoke run
+    OMP_NUM_THREADS=2 python -m benchmarks.inference             # SAM-1 ViT-B + BEiT-3-Base (~12 min on 2 quiet cores)
+    OMP_NUM_THREADS=2 python -m benchmarks.inference --large     # + SAM-H + BEiT-3-L (much longer on a CPU)
+    python -m benchmarks.inference --large --device cuda:0        # on a GPU
+    python -m benchmarks.inference --tiny --images 3             # tiny models: a smoke run
 
 Every model is an EVF-SAM release folder with random weights (speed and memory do not depend on the values),
 written first and then loaded with ``EVFSAM.from_pretrained`` in its own subprocess, so load time and peak RSS
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,14 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-PROMPTS = ("the red square on the left", "the largest circle", "the blue triangle at the top", "the small green ring",
-           "the yellow star near the right", "the second circle from the left", "the purple cross", "the big diamond")
+from benchmarks.common import PROMPTS, child_env, rss_mib, timed
+
 MODELS = {"base": ("base", "base", "SAM ViT-B + BEiT-3-Base"), "large": ("huge", "large", "SAM ViT-H + BEiT-3-L"),
           "tiny": ("tiny", "tiny", "tiny SAM + tiny BEiT-3")}  # name -> (release sam_scale, mm_extractor_scale, label)
 IMAGE_SIZE = (480, 640)  # a typical photo; SAM resizes every image to its 1024 (tiny: 64) input anyway
@@ -47,16 +43,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads per model")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     return p.parse_args()
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def write_release(folder: Path, sam_scale: str, encoder_size: str) -> None:
@@ -125,12 +111,12 @@ def run_model(name: str, root: Path, images: Path, threads: int, device: str) ->
     release = root / f"release-{name}"
     start = time.perf_counter()
     # written in a subprocess too: the random model it builds must not count towards the measured process
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, __file__, "--case", json.dumps({"write": str(release), "sam_scale": sam_scale,
+    env = child_env(threads)
+    subprocess.run([sys.executable, "-m", "benchmarks.inference", "--case", json.dumps({"write": str(release), "sam_scale": sam_scale,
                                                                    "encoder": encoder_size})], env=env, check=True)
     written = time.perf_counter() - start
     case = {"release": str(release), "images": str(images), "threads": threads, "device": device}
-    proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.inference", "--case", json.dumps(case)], env=env, capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: measurement failed:\n{proc.stderr[-3000:]}")
@@ -172,7 +158,7 @@ def report(results: dict[str, dict], args, started: float, load_before: tuple) -
     ]
     load_after = os.getloadavg()
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    head = (f"benchmarks/inference.py: random weights, {device}, {args.threads} torch thread(s) per model, image "
+    head = (f"python -m benchmarks.inference: random weights, {device}, {args.threads} torch thread(s) per model, image "
             f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, torch {torch.__version__}")
     loads = (f"load average (1/5/15 min): {' / '.join(f'{x:.2f}' for x in load_before)} before, "
              f"{' / '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs; "

@@ -1,7 +1,7 @@
 """Peak memory and wall time of loading a full-size EVF-SAM release (BEiT-3-L + SAM ViT-H, 1.315B values).
 
-    python benchmarks/load_footprint.py --write /work/tmp-release        # once: seeded random fp16 release, 2 formats
-    python benchmarks/load_footprint.py --folder /work/tmp-release [--official /work/official]
+    python -m benchmarks.load_footprint --write /work/tmp-release        # once: seeded random fp16 release, 2 formats
+    python -m benchmarks.load_footprint --folder /work/tmp-release [--official /work/official]
 
 ``--write`` makes ``evf-sam-bin/pytorch_model.bin`` and ``evf-sam-safetensors/model.safetensors``: seeded random
 fp16 tensors under the official key names and shapes, read from tests/data/official_keys (the official
@@ -88,7 +88,6 @@ print(json.dumps(dict(seconds=seconds, base_kib=base, numel=sum(v.numel() for v 
 def write_release(root: Path, seed: int = 0) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from evf.checkpoint import write_safetensors
     from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
 

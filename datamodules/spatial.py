@@ -142,7 +142,7 @@ def words_only_mask(text: str, shapes: list[Shape], masks: list[np.ndarray]) -> 
     """The best a model that ignores the relation can do: every object matching the expression's head words.
 
     ``the top red circle`` -> all red circles; ``the circle next to the green square`` -> all circles
-    but the anchor; attribute and semantic expressions are exact. Used for the text-only bound in docs/results.md.
+    but the anchor; attribute and semantic expressions are exact. Used for the text-only bound in studies/fusion/README.md.
     """
     words = text.split()
     head = words[: words.index("next")] if "next" in words else words

@@ -19,8 +19,6 @@ COMMANDS = {
     "prepare": ("evf.commands.prepare", "check a dataset folder or run a dataset pre-pass"),
     "cache": ("evf.commands.cache", "precompute frozen SAM image embeddings of a split"),
     "attention": ("evf.commands.attention", "save BEiT-3 attention heatmaps (paper Fig.8)"),
-    "bench": ("evf.commands.bench", "side-by-side speed and memory benchmarks"),
-    "pretrain": ("evf.pretrain.cli", "miniature pre-training of the tiny SAM-1 and BEiT-3 (fusion study)"),
 }
 
 

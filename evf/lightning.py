@@ -15,19 +15,10 @@ from evf.checkpoint_filter import drop_frozen, fill_frozen, frozen_state_keys, r
 from evf.io import atomic_path
 from evf.metrics import ReferringSegmentationMetrics, per_sample
 from evf.model import EVFSAM
+from evf.optim import linear_schedule
 
 # SAM's image encoder is frozen and kept in eval mode on purpose; Lightning's notice about it is noise.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
-
-def linear_schedule(warmup: int, total: int):
-    """LR factor per optimizer step: linear warm-up to 1 over ``warmup`` steps, then linear decay to 0 at ``total``."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(total - warmup, 1))
-
-    return factor
 
 
 class EVFSAMModule(L.LightningModule):

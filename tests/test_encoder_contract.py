@@ -160,3 +160,28 @@ def test_fusion_semantics(name, mode, feature):
         assert mode == "early"
         assert by_image.any(), "early: the feature must depend on the image"
         assert (by_image & by_text).any(), "early: some feature column must mix both modalities"
+
+
+
+@pytest.mark.parametrize("name,mode", [(n, m) for n in sorted(ENCODERS) for m in ENCODERS.get(n).cls.MODES])
+def test_joint_pass_hooks(name, mode):
+    """Fusion encoders expose their joint pass to pre-training code (whatever the mode): text token outputs that
+    depend on the image, a pooled feature, the widths and a [MASK] id outside what the tokenizer emits; the
+    others refuse every hook."""
+    enc = build(name, mode, None).eval()
+    ids, pad = tokens(enc, TEXTS)
+    if not enc.has_joint_pass:
+        hooks = (lambda: enc.joint_tokens(images(enc, 3), ids, pad), lambda: enc.hidden_size,
+                 lambda: enc.vocab_size, lambda: enc.mask_token_id)
+        for hook in hooks:
+            with pytest.raises(NotImplementedError, match="no joint image-text pass"):
+                hook()
+        return
+    with torch.no_grad():
+        text_out, pooled = enc.joint_tokens(images(enc, 3, seed=0), ids, pad)
+        other_text_out, _ = enc.joint_tokens(images(enc, 3, seed=1), ids, pad)
+    assert text_out.shape == (3, ids.shape[1], enc.hidden_size) and pooled.shape == (3, enc.hidden_size)
+    assert torch.isfinite(text_out).all() and torch.isfinite(pooled).all()
+    assert (other_text_out - text_out).abs().amax() > 1e-6, "the text tokens must attend to the image"
+    assert len(enc.tokenizer) <= enc.vocab_size and 0 <= enc.mask_token_id < enc.vocab_size
+    assert enc.mask_token_id != enc.tokenizer.pad_id and not (ids == enc.mask_token_id).any()

@@ -1,9 +1,9 @@
 """The paper's central claim in miniature: early fusion beats text-only prompts (slow; pre-trains and trains).
 
 Both rows follow the fusion-study recipe (experiments/mini_base.yaml): tiny BEiT-3 and tiny SAM-1, each
-pre-trained first as `evf pretrain` does (SAM for promptable segmentation, BEiT-3 by masked language
+pre-trained first as `python -m studies.fusion.pretrain` does (SAM for promptable segmentation, BEiT-3 by masked language
 modelling + image-text matching on scene captions), then fine-tuned with AdamW 2e-3, batch 16, on the
-synthetic spatial benchmark, and scored on the same test split. docs/results.md has the full sweep.
+synthetic spatial benchmark, and scored on the same test split. studies/fusion/README.md has the full sweep.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-SAM_STEPS, ENCODER_STEPS = 1500, 3000  # evf pretrain's defaults
+SAM_STEPS, ENCODER_STEPS = 1500, 3000  # the pre-training CLI's defaults
 STEPS = 600  # the sweep's fine-tuning budget
 TEST_SIZE = 300
 MARGIN = 0.05  # cIoU (absolute) by which early fusion must beat text-only
@@ -21,8 +21,8 @@ def pretrained(tmp_path) -> tuple[str, str]:
     import torch
 
     from evf.encoders import Beit3Encoder
-    from evf.pretrain import pretrain_encoder, pretrain_sam
     from evf.sam import Sam1Backend
+    from studies.fusion.pretrain import pretrain_encoder, pretrain_sam
 
     torch.manual_seed(0)
     sam = Sam1Backend(variant="tiny")
@@ -56,7 +56,7 @@ def train_and_test(mode: str, sam_weights: str, beit3_weights: str) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # pre-training + two runs: ~12 min on 2 free cores, above the suite's 900 s default
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="measured (docs/results.md): tiny early fusion does not beat text-only "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="measured (studies/fusion/README.md): tiny early fusion does not beat text-only "
                    "within CPU budgets, from random init or from miniature pre-training; strict, so this fails once the claim holds")
 def test_early_fusion_beats_text_only_on_spatial_test_split(tmp_path):
     import torch

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from evf.lightning import linear_schedule
 from evf.metrics import ReferringSegmentationMetrics, per_sample
+from evf.optim import linear_schedule
 
 
 def mask(rows: list[str]) -> torch.Tensor:

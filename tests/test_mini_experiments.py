@@ -1,5 +1,5 @@
 """The fusion-study rows (experiments/mini*/): each resolves to the encoder and mode its name says, the
-pre-trained rows to `evf pretrain`'s weights, the random-init rows to none."""
+pre-trained rows to `python -m studies.fusion.pretrain`'s weights, the random-init rows to none."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from evf.cli import main
-from evf.pretrain import OUTPUTS
+from studies.fusion.pretrain import OUTPUTS
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 

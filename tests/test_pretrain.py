@@ -1,4 +1,4 @@
-"""`evf pretrain`: miniature pre-training of the tiny SAM-1 and encoders, saved in the formats the plugins load."""
+"""`python -m studies.fusion.pretrain`: miniature pre-training of the tiny SAM-1 and encoders, saved in the formats the plugins load."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from datamodules.synthetic import Shape
-from evf.cli import main as evf_main
-from evf.pretrain import (
+from studies.fusion.pretrain import (
     OUTPUTS,
     build_encoder,
     caption_batch,
     grounding_batch,
     grounding_probe,
     location_probe,
+    main,
     mask_tokens,
     pretrain_encoder,
     pretrain_sam,
@@ -92,7 +92,7 @@ def test_encoder_pretraining_saves_what_the_plugin_loads(tmp_path, family):
 
 
 def test_location_probe_scores_a_text_only_guesser_equal_on_both_images(monkeypatch):
-    from evf.pretrain import encoders
+    from studies.fusion.pretrain import encoders
 
     torch.manual_seed(0)
     objective = pretrain_encoder(build_encoder("beit3"), steps=2, batch_size=4, log=None)
@@ -110,17 +110,17 @@ def test_location_probe_scores_a_text_only_guesser_equal_on_both_images(monkeypa
 
 def test_cli_writes_weights_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "weights"
-    assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 0
+    assert main(["--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 0
     weights = out / OUTPUTS["beit3"]
     stamp = weights.stat().st_mtime_ns
     assert "masked location words right" in capsys.readouterr().out
-    assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 2
+    assert main(["--out", str(out), "--what", "beit3", "--encoder_steps", "2"]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert weights.stat().st_mtime_ns == stamp and sorted(p.name for p in out.iterdir()) == [OUTPUTS["beit3"]]
 
 
 def test_grounding_batch_names_a_unique_object_and_its_cell():
-    from evf.pretrain.scenes import caption_scene
+    from studies.fusion.pretrain.scenes import caption_scene
 
     encoder = build_encoder("beit3")
     images, text, cells = grounding_batch(np.random.default_rng(5), encoder, 6)
@@ -152,8 +152,8 @@ def test_grounding_pretraining_and_probe():
 
 def test_cli_grounding_writes_grounded_weights_and_rejects_clip(tmp_path, capsys):
     out = tmp_path / "weights"
-    assert evf_main(["pretrain", "--out", str(out), "--what", "beit3", "--grounding", "--encoder_steps", "2"]) == 0
+    assert main(["--out", str(out), "--what", "beit3", "--grounding", "--encoder_steps", "2"]) == 0
     assert "named object's cell right" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["beit3_tiny_grounded.pth"]
-    assert evf_main(["pretrain", "--out", str(out), "--what", "clip", "--grounding"]) == 2
+    assert main(["--out", str(out), "--what", "clip", "--grounding"]) == 2
     assert "fusion encoders only" in capsys.readouterr().err

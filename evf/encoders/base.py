@@ -21,6 +21,10 @@ class MultimodalEncoder(nn.Module):
     ``tokenizer`` (a picklable callable ``list[str] -> {input_ids, padding_mask}``), so datamodules
     ask the plugin for its preprocessing instead of copying constants.
 
+    Fusion encoders (``has_joint_pass``) also expose their joint image-text pass for pre-training objectives
+    and probes (``joint_tokens``, ``hidden_size``, ``vocab_size``, ``mask_token_id``), so that code needs no
+    per-family branches; the others raise ``NotImplementedError`` there.
+
     ``uses_parameter`` names the parameters the chosen mode runs; every one of them reaches the
     feature, so exactly these can be trained. Subclasses end ``__init__`` with ``self.requires_grad_(True)``
     so the others (e.g. BEiT's ``mask_token``) start frozen and stay frozen.
@@ -31,6 +35,7 @@ class MultimodalEncoder(nn.Module):
     FEATURES: ClassVar[dict[str, tuple[str, ...]]] = {}
     out_dim: int
     mode: str
+    has_joint_pass: ClassVar[bool] = False  # True where image and text tokens can attend to each other (joint_tokens)
 
     @property
     def uses_image(self) -> bool:
@@ -47,6 +52,31 @@ class MultimodalEncoder(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """images ``[B,3,S,S]``, input_ids ``[B,L]``, padding_mask ``[B,L]`` (True = pad) -> ``[B, out_dim]``."""
         raise NotImplementedError
+
+    # -- joint image-text pass (fusion encoders) -------------------------------------------------
+    def joint_tokens(self, images: torch.Tensor, input_ids: torch.Tensor,
+                     padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and text tokens in one pass, whatever ``mode``: (the text tokens' outputs ``[B, L, hidden_size]``,
+        one pooled feature ``[B, hidden_size]``); the inputs as in ``forward``."""
+        raise NotImplementedError(self._no_joint_pass("joint_tokens"))
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the token outputs of ``joint_tokens``."""
+        raise NotImplementedError(self._no_joint_pass("hidden_size"))
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the text embedding table: the classes of a masked-language head."""
+        raise NotImplementedError(self._no_joint_pass("vocab_size"))
+
+    @property
+    def mask_token_id(self) -> int:
+        """The token id that stands for a masked word in ``joint_tokens``' input."""
+        raise NotImplementedError(self._no_joint_pass("mask_token_id"))
+
+    def _no_joint_pass(self, hook: str) -> str:
+        return f"{type(self).__name__} has no joint image-text pass ({hook}): its image and text are encoded apart"
 
     # -- parameter accounting (paper "Params" columns) ----------------------------------------
     def uses_parameter(self, name: str) -> bool:

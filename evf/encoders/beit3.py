@@ -38,6 +38,7 @@ class Beit3Encoder(MultimodalEncoder):
     """
 
     FEATURES = FEATURES
+    has_joint_pass = True
 
     def __init__(self, size: str = "large", mode: str = "early", feature: str | None = None,
                  depth: int | None = None, tokenizer: str | None = None, max_text_length: int | None = None,
@@ -80,6 +81,29 @@ class Beit3Encoder(MultimodalEncoder):
             return False
         image_side = "vision_embed" in parts or "A" in parts  # multiway branch A serves image tokens
         return self.uses_image or not image_side
+
+    # -- joint pass hooks (pre-training objectives) ---------------------------------------------
+    def joint_tokens(self, images: torch.Tensor, input_ids: torch.Tensor,
+                     padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text token outputs, image [CLS]: the token EVF-SAM prompts with) of one early-fusion pass."""
+        out = self.encode(images, input_ids, padding_mask)
+        return out[:, self.cfg.num_image_tokens:], out[:, 0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def mask_token_id(self) -> int:
+        """The first embedding row the tokenizer never emits (BEiT-3's sentencepiece vocabulary has no [MASK])."""
+        mask_id = len(self.tokenizer)
+        if mask_id >= self.cfg.vocab_size:
+            raise ValueError(f"no free embedding row for [MASK]: tokenizer has {mask_id} of {self.cfg.vocab_size}")
+        return mask_id
 
     def encode(self, images=None, input_ids=None, padding_mask=None) -> torch.Tensor:
         return self.beit3(images, input_ids, padding_mask, depth=self.depth)

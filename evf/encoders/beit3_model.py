@@ -49,7 +49,7 @@ BEIT3_CONFIGS = {
     # Test-sized: same code paths, a few hundred thousand parameters.
     "tiny": Beit3Config(dim=32, depth=2, heads=2, ffn_dim=64, img_size=32, patch_size=8,
                         vocab_size=512, max_text_positions=64),
-    # Fusion-study exploration (docs/results.md): twice the depth, width and resolution (8x8 patches) of tiny.
+    # Fusion-study exploration (studies/fusion/exploration.py): twice the depth, width and resolution (8x8 patches) of tiny.
     "mini": Beit3Config(dim=64, depth=4, heads=4, ffn_dim=128, img_size=64, patch_size=8,
                         vocab_size=512, max_text_positions=64),
 }

@@ -81,6 +81,8 @@ class ViltEncoder(MultimodalEncoder):
         max_text_length: longest token sequence kept (ViLT has 40 text positions).
     """
 
+    has_joint_pass = True
+
     def __init__(self, pretrained: str | None = None, mode: str = "early", size: str = "base",
                  tokenizer: str | None = None, max_text_length: int = 40):
         super().__init__()
@@ -144,6 +146,27 @@ class ViltEncoder(MultimodalEncoder):
         mask = create_bidirectional_mask(config=self.vilt.config, inputs_embeds=x, attention_mask=keep)
         hidden = self.vilt.encoder(x, attention_mask=mask)[0]
         return self.vilt.pooler(self.vilt.layernorm(hidden))
+
+    # -- joint pass hooks (pre-training objectives) ---------------------------------------------
+    def joint_tokens(self, images: torch.Tensor, input_ids: torch.Tensor,
+                     padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text token outputs, pooled text [CLS]) of one single-stream pass over text and image tokens."""
+        image = self.image_tokens(images)
+        out = self.vilt(input_ids=input_ids, attention_mask=(~padding_mask).long(), image_embeds=image,
+                        pixel_mask=torch.ones(image.shape[:2], dtype=torch.long, device=image.device))
+        return out.last_hidden_state[:, : input_ids.shape[1]], out.pooler_output
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vilt.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vilt.config.vocab_size
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.tokenizer.tok.mask_token_id  # BERT's own [MASK]
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """images ``[B,3,S,S]``, input_ids/padding_mask ``[B,L]`` (True = pad) -> ``[B, out_dim]``."""

@@ -1,14 +1,14 @@
-"""Exploration behind docs/results.md ("pre-training variants"): pre-train tiny BEiT-3 / ViLT variants,
-probe them (``evf.pretrain.location_probe``), then fine-tune early / text / late rows, 600 steps each.
+"""Exploration behind README.md ("pre-training variants"): pre-train tiny BEiT-3 / ViLT variants,
+probe them (``studies.fusion.pretrain.location_probe``), then fine-tune early / text / late rows, 600 steps each.
 
 Runs about 20 single-thread CPU processes at once. It was run once on the 16 CPU cores of a lent GPU
-machine (7 min); its output is docs/fusion_study/exploration_h200_cpu.log. Needs a pre-trained tiny SAM at
-weights/mini/sam1_tiny.pth (``evf pretrain --what sam``). At that run the captions were drawn from the
-benchmark's own scenes (two colours x two shapes, so most phrases were ambiguous); ``evf.pretrain`` now
+machine (7 min); its output is results/exploration_h200_cpu.log. Needs a pre-trained tiny SAM at
+weights/mini/sam1_tiny.pth (``python -m studies.fusion.pretrain --what sam``). At that run the captions were drawn from the
+benchmark's own scenes (two colours x two shapes, so most phrases were ambiguous); the pre-training now
 captions scenes of any colour and shape (``caption_scene``), and its location probe uses matched
 captions only (at that run it mixed in mismatched ones, so the log's probe numbers are not evidence).
 
-    OUT=/tmp/explore python scripts/fusion_exploration.py
+    OUT=/tmp/explore python -m studies.fusion.exploration      # from the repository root
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def pretrain(name: str, family: str, size: str, objects: str, steps: str, lr: st
     import numpy as np
     import torch
 
-    from evf.pretrain import location_probe, pretrain_encoder, save_encoder
+    from studies.fusion.pretrain import location_probe, pretrain_encoder, save_encoder
 
     torch.manual_seed(0)
     start, encoder = time.time(), build(family, size, "early", None)
@@ -83,7 +83,8 @@ def finetune(name: str, family: str, size: str, mode: str, weights: str, steps: 
 def launch(args: list, threads: int = 1) -> dict | None:
     """One job in its own process (``OMP_NUM_THREADS=threads``); its JSON result line, logged."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    done = subprocess.run([sys.executable, __file__, *map(str, args)], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-m", "studies.fusion.exploration", *map(str, args)], env=env, capture_output=True,
+                          text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith(("PRE ", "FT "))]
     say(lines[-1] if lines else f"FAILED {args}: {done.stderr[-1500:]}")
     return json.loads(lines[-1].split(" ", 1)[1]) if lines else None

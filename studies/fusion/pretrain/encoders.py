@@ -11,35 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evf.encoders.beit3 import Beit3Encoder
 from evf.io import atomic_dir, atomic_path
-from evf.lightning import linear_schedule
-from evf.pretrain.scenes import COLS, ROWS, WARMUP_STEPS, caption_batch, grounding_batch, mask_tokens
-
-
-def width_and_vocab(encoder) -> tuple[int, int]:
-    if isinstance(encoder, Beit3Encoder):
-        return encoder.cfg.dim, encoder.cfg.vocab_size
-    return encoder.vilt.config.hidden_size, encoder.vilt.config.vocab_size
+from evf.optim import linear_schedule
+from studies.fusion.pretrain.scenes import COLS, ROWS, WARMUP_STEPS, caption_batch, grounding_batch, mask_tokens
 
 
 class FusionObjective(nn.Module):
-    """Base of the objectives on a fusion encoder's joint pass (BEiT-3 or ViLT)."""
+    """Base of the objectives on a fusion encoder's joint pass (BEiT-3 or ViLT: ``encoder.has_joint_pass``)."""
 
     def __init__(self, encoder):
         super().__init__()
         self.encoder = encoder
 
     def fused(self, images: torch.Tensor, ids: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text token outputs ``[B, L, D]``, the pooled feature ``[B, D]``)."""
-        enc = self.encoder
-        if isinstance(enc, Beit3Encoder):
-            out = enc.beit3(images, ids, padding)
-            return out[:, enc.cfg.num_image_tokens:], out[:, 0]  # image [CLS]: the token EVF-SAM prompts with
-        image = enc.image_tokens(images)
-        out = enc.vilt(input_ids=ids, attention_mask=(~padding).long(), image_embeds=image,
-                       pixel_mask=torch.ones(image.shape[:2], dtype=torch.long))
-        return out.last_hidden_state[:, : ids.shape[1]], out.pooler_output
+        """(text token outputs ``[B, L, D]``, the pooled feature ``[B, D]``; BEiT-3: its image [CLS], the token
+        EVF-SAM prompts with)."""
+        return self.encoder.joint_tokens(images, ids, padding)
 
 
 class VisionLanguageObjective(FusionObjective):
@@ -49,14 +36,8 @@ class VisionLanguageObjective(FusionObjective):
     def __init__(self, encoder, mask_prob: float = 0.3):
         super().__init__(encoder)
         self.mask_prob = mask_prob
-        dim, vocab = width_and_vocab(encoder)
-        if isinstance(encoder, Beit3Encoder):
-            self.mask_id = len(encoder.tokenizer)  # the first unused embedding row serves as [MASK]
-            if self.mask_id >= vocab:
-                raise ValueError(f"no free embedding row for [MASK]: tokenizer has {self.mask_id} of {vocab}")
-        else:  # ViLT: BERT vocabulary with its own [MASK]
-            self.mask_id = encoder.tokenizer.tok.mask_token_id
-        self.mlm_head, self.itm_head = nn.Linear(dim, vocab), nn.Linear(dim, 2)
+        self.mask_id = encoder.mask_token_id
+        self.mlm_head, self.itm_head = nn.Linear(encoder.hidden_size, encoder.vocab_size), nn.Linear(encoder.hidden_size, 2)
 
     def forward(self, rng: np.random.Generator, images: torch.Tensor, text: dict, matched: torch.Tensor) -> torch.Tensor:
         ids, padding = text["input_ids"], text["padding_mask"]
@@ -90,7 +71,7 @@ class GroundingObjective(FusionObjective):
 
     def __init__(self, encoder):
         super().__init__(encoder)
-        self.cell_head = nn.Linear(width_and_vocab(encoder)[0], 9)
+        self.cell_head = nn.Linear(encoder.hidden_size, 9)
 
     def forward(self, rng, images: torch.Tensor, text: dict, cells: torch.Tensor) -> torch.Tensor:
         _, pooled = self.fused(images, text["input_ids"], text["padding_mask"])
@@ -103,9 +84,10 @@ def pretrain_encoder(encoder, steps: int, batch_size: int = 32, lr: float = 1e-3
     ``objects`` objects per scene (all if ``None``), or with ``grounding`` the phrase-grounding task instead
     (BEiT-3 / ViLT only); returns the objective (its heads, ``.losses`` per step)."""
     rng = np.random.default_rng([seed, 202])
-    contrastive = hasattr(encoder, "clip")  # CLIP's negatives are the other captions of the batch
+    contrastive = not encoder.has_joint_pass  # CLIP: its negatives are the other captions of the batch
     if grounding and contrastive:
-        raise ValueError("grounding pre-training needs a fusion encoder (BEiT-3 or ViLT); CLIP's towers never meet")
+        raise ValueError(f"grounding pre-training needs a fusion encoder (BEiT-3 or ViLT); {type(encoder).__name__}'s "
+                         "image and text never meet")
     objective = (GroundingObjective if grounding else ContrastiveObjective if contrastive else VisionLanguageObjective)(encoder)
     opt = torch.optim.AdamW(objective.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(WARMUP_STEPS, steps))
@@ -170,7 +152,7 @@ def grounding_probe(objective: GroundingObjective, samples: int = 320, seed: int
 
 def build_encoder(family: str):
     """The tiny encoder of ``family`` with both towers (CLIP ``late``, the others ``early``)."""
-    from evf.encoders import ClipEncoder, ViltEncoder
+    from evf.encoders import Beit3Encoder, ClipEncoder, ViltEncoder
 
     return {"beit3": lambda: Beit3Encoder(size="tiny", mode="early"), "clip": lambda: ClipEncoder(model="tiny", mode="late"),
             "vilt": lambda: ViltEncoder(size="tiny", mode="early")}[family]()

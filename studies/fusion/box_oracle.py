@@ -1,10 +1,10 @@
 """Capacity check for the fusion study: tiny SAM-1 trained with the target's *box* as its prompt.
 
 The box says where the target is, so no text understanding is needed: the score bounds what any
-encoder can reach through this SAM backend at the same budget (docs/results.md).
+encoder can reach through this SAM backend at the same budget (README.md here).
 
-    python scripts/box_oracle.py --steps 600
-    python scripts/box_oracle.py --steps 600 --checkpoint weights/mini/sam1_tiny.pth   # from evf pretrain's SAM
+    python -m studies.fusion.box_oracle --steps 600
+    python -m studies.fusion.box_oracle --steps 600 --checkpoint weights/mini/sam1_tiny.pth   # the pre-trained SAM
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 
 from datamodules.spatial import SpatialRefDataModule
 from evf.encoders import Beit3Encoder
-from evf.lightning import linear_schedule
 from evf.metrics import ReferringSegmentationMetrics
 from evf.model import bce_dice_loss
+from evf.optim import linear_schedule
 from evf.sam import Sam1Backend
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test_size", type=int, default=300)
-    p.add_argument("--checkpoint", default=None, help="tiny SAM-1 weights to start from (evf pretrain)")
+    p.add_argument("--checkpoint", default=None, help="tiny SAM-1 weights to start from (python -m studies.fusion.pretrain)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     sam = Sam1Backend(variant="tiny", checkpoint=args.checkpoint)

@@ -1,10 +1,10 @@
-"""Learning curve of phrase-grounding pre-training (docs/results.md, investigation point 5), on a GPU if there is one.
+"""Learning curve of phrase-grounding pre-training (README.md here, investigation point 5), on a GPU if there is one.
 
-Same task as ``evf pretrain --what beit3 --grounding`` (``evf.pretrain.GroundingObjective``), with batches
+Same task as ``python -m studies.fusion.pretrain --what beit3 --grounding`` (``GroundingObjective``), with batches
 made by loader workers so a GPU is kept busy; prints the training accuracy every 1000 steps and the
 held-out accuracy at the end, and saves the weights in the format ``Beit3Encoder(checkpoint=...)`` reads.
 
-    python scripts/grounding_curve.py --steps 6000 --workers 10 --max_seconds 140 --out /tmp/beit3_grounded.pth
+    python -m studies.fusion.grounding_curve --steps 6000 --workers 10 --max_seconds 140 --out /tmp/beit3_grounded.pth
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from evf.encoders import Beit3Encoder
-from evf.lightning import linear_schedule
-from evf.pretrain import GroundingObjective, grounding_batch, grounding_probe
-from evf.pretrain.scenes import WARMUP_STEPS
+from evf.optim import linear_schedule
+from studies.fusion.pretrain import GroundingObjective, grounding_batch, grounding_probe
+from studies.fusion.pretrain.scenes import WARMUP_STEPS
 
 
 class GroundingBatches(IterableDataset):

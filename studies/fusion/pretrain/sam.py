@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from datamodules.spatial import make_spatial_scene
-from evf.lightning import linear_schedule
 from evf.model import bce_dice_loss
-from evf.pretrain.scenes import SCENE_SIZE, WARMUP_STEPS
+from evf.optim import linear_schedule
+from studies.fusion.pretrain.scenes import SCENE_SIZE, WARMUP_STEPS
 
 
 def sam_prompt(rng: np.random.Generator, mask: np.ndarray, scale: float) -> dict[str, torch.Tensor]:

@@ -1,22 +1,32 @@
-"""``evf pretrain``: write the tiny models' pre-trained weights (docs/training.md, docs/results.md)."""
+"""``python -m studies.fusion.pretrain``: write the tiny models' pre-trained weights (studies/fusion/README.md).
+
+Bad input is reported as one line on stderr (``pretrain: error: ...``, exit 2), as ``evf`` commands do.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from evf.io import atomic_path
-from evf.pretrain.encoders import build_encoder, grounding_probe, location_probe, pretrain_encoder, save_encoder
-from evf.pretrain.sam import pretrain_sam
+from studies.fusion.pretrain.encoders import build_encoder, grounding_probe, location_probe, pretrain_encoder, save_encoder
+from studies.fusion.pretrain.sam import pretrain_sam
 
 OUTPUTS = {"sam": "sam1_tiny.pth", "beit3": "beit3_tiny.pth", "clip": "clip_tiny.pth", "vilt": "vilt_tiny"}
+PROG = "python -m studies.fusion.pretrain"
+
+
+def fail(message: str) -> int:
+    print(f"pretrain: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:
     from evf.sam import Sam1Backend
 
-    p = argparse.ArgumentParser(prog="evf pretrain", description="miniature pre-training of the tiny SAM-1 and encoders")
+    p = argparse.ArgumentParser(prog=PROG, description="miniature pre-training of the tiny SAM-1 and encoders")
     p.add_argument("--out", required=True, help="folder for the weights (" + ", ".join(OUTPUTS.values()) + ")")
     p.add_argument("--what", nargs="+", default=list(OUTPUTS), choices=list(OUTPUTS))
     p.add_argument("--sam_steps", type=int, default=1500)
@@ -29,11 +39,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.grounding and not set(args.what) <= {"beit3", "vilt"}:
-        raise ValueError("--grounding pre-trains fusion encoders only: use --what beit3 and/or vilt")
+        return fail("--grounding pre-trains fusion encoders only: use --what beit3 and/or vilt")
     names = {w: OUTPUTS[w].replace("_tiny", "_tiny_grounded") if args.grounding else OUTPUTS[w] for w in args.what}
     existing = [str(out / names[w]) for w in args.what if (out / names[w]).exists()]
     if existing and not args.force:
-        raise FileExistsError(f"{existing[0]} exists; pass --force to overwrite")
+        return fail(f"{existing[0]} exists; pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     for what in args.what:
         torch.manual_seed(args.seed)

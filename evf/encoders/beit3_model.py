@@ -163,7 +163,10 @@ class MultiwayPositions(nn.Module):
         return torch.cat(parts, dim=0)
 
 
-class Beit3Encoder(nn.Module):
+class Beit3LayerStack(nn.Module):
+    """Positions, the multiway layers and the final LayerNorm; held as ``Beit3Model.encoder`` because the
+    official checkpoints name its weights ``beit3.encoder.*``."""
+
     def __init__(self, cfg: Beit3Config):
         super().__init__()
         self.embed_positions = MultiwayPositions(cfg)
@@ -179,7 +182,7 @@ class Beit3Model(nn.Module):
         self.cfg = cfg
         self.text_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.vision_embed = VisionEmbedding(cfg)
-        self.encoder = Beit3Encoder(cfg)
+        self.encoder = Beit3LayerStack(cfg)
 
     def embed(self, images: torch.Tensor | None, input_ids: torch.Tensor | None,
               text_padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, int, torch.Tensor | None]:

@@ -185,3 +185,31 @@ def test_joint_pass_hooks(name, mode):
     assert (other_text_out - text_out).abs().amax() > 1e-6, "the text tokens must attend to the image"
     assert len(enc.tokenizer) <= enc.vocab_size and 0 <= enc.mask_token_id < enc.vocab_size
     assert enc.mask_token_id != enc.tokenizer.pad_id and not (ids == enc.mask_token_id).any()
+
+
+def test_half_written_plugins_fail_at_construction():
+    """The plugin bases are abstract: a plugin missing a required method fails when built, naming the method."""
+    from evf.encoders import MultimodalEncoder
+    from evf.sam import SamBackend
+
+    class NoForward(MultimodalEncoder):
+        image_view = property(lambda self: None)
+        tokenizer = property(lambda self: None)
+
+    class NoDecode(SamBackend):
+        image_view = property(lambda self: None)
+
+        def trainable_modules(self):
+            return {}
+
+        def encode(self, images):
+            return images
+
+        def postprocess(self, logits, input_size, original_size):
+            return logits
+
+    with pytest.raises(TypeError, match="forward"):
+        NoForward()
+    with pytest.raises(TypeError, match="decode"):
+        NoDecode()
+    type("Complete", (NoForward,), {"forward": lambda self, *a: None})()  # all methods given: builds

@@ -1,6 +1,7 @@
 """The multimodal-encoder plugin slot."""
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -13,7 +14,7 @@ from evf.registry import Registry
 ENCODERS = Registry("encoder")
 
 
-class MultimodalEncoder(nn.Module):
+class MultimodalEncoder(nn.Module, abc.ABC):
     """Turns (encoder image view, token ids, padding mask) into the one feature fed to the projector.
 
     Subclasses set ``out_dim`` (width of the returned feature), ``mode`` (``text``, ``late`` or
@@ -42,13 +43,16 @@ class MultimodalEncoder(nn.Module):
         return self.mode != "text"
 
     @property
+    @abc.abstractmethod
     def image_view(self) -> Callable[[np.ndarray], torch.Tensor]:
         raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def tokenizer(self) -> Callable[[Sequence[str]], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """images ``[B,3,S,S]``, input_ids ``[B,L]``, padding_mask ``[B,L]`` (True = pad) -> ``[B, out_dim]``."""
         raise NotImplementedError

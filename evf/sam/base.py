@@ -5,6 +5,7 @@ the model and the LightningModule never branch on the backend type.
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +18,7 @@ from evf.registry import Registry
 SAM_BACKENDS = Registry("SAM backend")
 
 
-class SamBackend(nn.Module):
+class SamBackend(nn.Module, abc.ABC):
     """Subclasses provide ``image_encoder`` (always frozen), ``image_view``, ``embed_images``, ``decode``
     and ``postprocess``; ``trainable_modules`` names the submodules an optimizer may update, and
     ``NOT_REACHED_BY_TEXT`` the parameters inside them that text-prompted decoding never reaches
@@ -41,23 +42,28 @@ class SamBackend(nn.Module):
 
     # -- subclass API -------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def image_view(self) -> Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]:
         """Picklable ``uint8 [H,W,3] -> (image [3,S,S], input_size (h, w))``."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def trainable_modules(self) -> dict[str, nn.Module]:
         """``{"prompt_encoder": ..., "mask_decoder": ...}``: the parts the Tab.6 switches act on."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Raw image-encoder call ``[B,3,S,S] -> embeddings``; ``embed_images`` wraps it frozen."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def decode(self, embeddings: torch.Tensor, prompt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One prompt per embedding: embeddings ``[N, ...]``, prompt_tokens ``[N, 1, prompt_dim]``
         -> (low-res logits ``[N, 1, h, w]``, predicted IoU ``[N, 1]``)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits ``[..., h, w]`` of one image -> logits at the original ``[..., H, W]`` (fp32)."""
         raise NotImplementedError

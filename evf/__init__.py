@@ -7,10 +7,7 @@
 
 ``import evf`` stays cheap (the ``evf`` command starts with it): torch and the plugins load on first use.
 """
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # not ``from typing import TYPE_CHECKING``: typing alone costs more than this whole module
 if TYPE_CHECKING:
     from evf.presets import create_model, list_models
 

@@ -24,7 +24,7 @@ from tests.tiny_artifacts import write_release_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = sorted(tiny_presets())
-NAME = re.compile(r"^(evf-(sam|sam2|sam2\.1|effisam)-[a-z0-9-]+-(samh|hieral|hierat|effisams|effisamti)|tiny-[a-z0-9]+-[a-z0-9]+)$")
+NAME = re.compile(r"^(evf-(sam|sam2|sam2\.1|effisam)-[a-z0-9-]+-(samh|hieral|hierat|effisams|effisamti)|tiny-[a-z0-9_.]+-[a-z0-9_.]+)$")
 # Official release layout (architectures, sam_scale, mm_extractor_scale) of the presets that have one.
 LAYOUTS = {
     "evf-sam-beit3l-samh": ("EvfSamModel", "huge", "large"),

@@ -47,7 +47,6 @@ SAM_H = {"variant": "vit_h"}
 BEIT3_L = {"size": "large"}
 # The official EVF-SAM2 builds SAM-2.0 and trains with SAM-2 frozen (experiments/ablations/tab5_beit3_l_sam2_l.yaml).
 SAM2_FROZEN = {"version": "2.0", "train_prompt_encoder": False, "train_mask_decoder": False}
-CLIP = {"clipl-openai": "ViT-L-14-quickgelu", "clipl-laion2b": "ViT-L-14", "cliph-laion2b": "ViT-H-14"}
 
 PRESETS: dict[str, Preset] = {
     # -- official families ----------------------------------------------------------------------
@@ -70,9 +69,18 @@ PRESETS: dict[str, Preset] = {
     "evf-sam-beit3l-late-samh": Preset("beit3", "sam1", "BEiT-3-L late concat + SAM ViT-H (Tab.4)", {**BEIT3_L, "mode": "late"}, SAM_H),
     "evf-sam-beit3l-l1-12-samh": Preset("beit3", "sam1", "BEiT-3-L early fusion, layers 1-12 + SAM ViT-H (Tab.4)",
                                         {**BEIT3_L, "depth": 12}, SAM_H),
-    **{f"evf-sam-{clip}-{mode}-samh": Preset("clip", "sam1", f"CLIP {model} {mode} + SAM ViT-H (Tab.4{', Tab.5' * (clip == 'clipl-openai' and mode == 'text')})",
-                                             {"model": model, "mode": mode}, SAM_H)
-       for clip, model in CLIP.items() for mode in ("text", "late")},
+    "evf-sam-clipl-openai-text-samh": Preset("clip", "sam1", "CLIP-L (OpenAI) text + SAM ViT-H (Tab.4, Tab.5)",
+                                             {"model": "ViT-L-14-quickgelu", "mode": "text"}, SAM_H),
+    "evf-sam-clipl-openai-late-samh": Preset("clip", "sam1", "CLIP-L (OpenAI) late concat + SAM ViT-H (Tab.4)",
+                                             {"model": "ViT-L-14-quickgelu", "mode": "late"}, SAM_H),
+    "evf-sam-clipl-laion2b-text-samh": Preset("clip", "sam1", "CLIP-L (OpenCLIP laion2b) text + SAM ViT-H (Tab.4)",
+                                              {"model": "ViT-L-14", "mode": "text"}, SAM_H),
+    "evf-sam-clipl-laion2b-late-samh": Preset("clip", "sam1", "CLIP-L (OpenCLIP laion2b) late concat + SAM ViT-H (Tab.4)",
+                                              {"model": "ViT-L-14", "mode": "late"}, SAM_H),
+    "evf-sam-cliph-laion2b-text-samh": Preset("clip", "sam1", "CLIP-H (OpenCLIP laion2b) text + SAM ViT-H (Tab.4)",
+                                              {"model": "ViT-H-14", "mode": "text"}, SAM_H),
+    "evf-sam-cliph-laion2b-late-samh": Preset("clip", "sam1", "CLIP-H (OpenCLIP laion2b) late concat + SAM ViT-H (Tab.4)",
+                                              {"model": "ViT-H-14", "mode": "late"}, SAM_H),
     "evf-sam-vilt-samh": Preset("vilt", "sam1", "ViLT-B/32 early fusion + SAM ViT-H (Tab.4, Tab.5)", {"size": "base", "mode": "early"}, SAM_H),
     "evf-sam-vilt-text-samh": Preset("vilt", "sam1", "ViLT-B/32 text only + SAM ViT-H (Tab.4)", {"size": "base", "mode": "text"}, SAM_H),
     "evf-sam-vilt-late-samh": Preset("vilt", "sam1", "ViLT-B/32 late concat + SAM ViT-H (Tab.4)", {"size": "base", "mode": "late"}, SAM_H),

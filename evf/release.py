@@ -155,14 +155,18 @@ def build_without_weights(cls: type[nn.Module], config: dict, tokenizer: Path | 
 
 
 def load_release(cls: type[nn.Module], path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
-                 device: torch.device | str | None = None, **kwargs) -> nn.Module:
-    """See ``EVFSAM.from_pretrained``."""
+                 device: torch.device | str | None = None,
+                 build: Callable[[dict, Path, bool], nn.Module] | None = None, **kwargs) -> nn.Module:
+    """See ``EVFSAM.from_pretrained``. ``build(config, folder, sam21)``, if given, returns the weightless model
+    to load instead of the one ``config`` describes (``evf.create_model`` passes its preset's, checked against
+    the folder)."""
     folder, config, weights = read_release_config(Path(path))
     dtype, device = as_dtype(dtype), torch.device(device or "cpu")
     state = {}
     for key, tensor in iter_tensors(weights, dtype, device):  # each tensor converted as it is read
         state[official_to_ours(key)] = tensor
-    model = build_without_weights(cls, config, folder, sam21=official_to_ours(SAM21_ONLY_KEY) in state, **kwargs)
+    sam21 = official_to_ours(SAM21_ONLY_KEY) in state
+    model = build(config, folder, sam21) if build else build_without_weights(cls, config, folder, sam21=sam21, **kwargs)
     check_fit(model, state, str(weights))
     expected = model.state_dict()
     state = {k: v if v.is_floating_point() else v.to(expected[k].dtype) for k, v in state.items()}
@@ -228,6 +232,6 @@ def save_release(model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype
     return folder
 
 
-__all__ = ["OFFICIAL_BACKENDS", "OFFICIAL_PREFIXES", "WEIGHT_FILES", "build_without_weights", "load_release", "official_to_ours",
-           "ours_to_official", "parameters_on_meta", "rename_official", "save_release",
-           "to_official"]
+__all__ = ["OFFICIAL_BACKENDS", "OFFICIAL_PREFIXES", "WEIGHT_FILES", "build_without_weights", "encoder_size", "load_release",
+           "official_architecture", "official_to_ours", "ours_to_official", "parameters_on_meta", "read_release_config",
+           "rename_official", "save_release", "to_official"]

@@ -1,4 +1,5 @@
-"""Image views exactly as the official EVF-SAM release builds them (spec §5).
+"""Image views exactly as the official EVF-SAM release builds them (spec §5): the encoders' view and the
+helpers every view shares. Each SAM backend's own view lives beside the backend (``evf/sam/<backend>.py``).
 
 Each view is a small picklable callable taking an RGB ``uint8`` array ``[H, W, 3]``, so the
 dataloader workers can run it without holding a model.
@@ -67,61 +68,3 @@ def resize_longest_side_normalized(image: np.ndarray, size: int) -> tuple[torch.
     h, w = longest_side_size(*image.shape[:2], size)
     resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     return normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), IMAGENET_MEAN_255, IMAGENET_STD_255), (h, w)
-
-
-@dataclass(frozen=True)
-class Sam1View:
-    """SAM-1 view: PIL bilinear resize of the longest side to ``size``, 0-255 ImageNet norm, zero-pad bottom/right.
-
-    Returns ``(image [3, size, size], input_size (h, w))``; ``input_size`` is needed to crop the padding back off.
-    """
-
-    size: int = 1024
-
-    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        x, (h, w) = resize_longest_side_normalized(image, self.size)
-        return F.pad(x, (0, self.size - w, 0, self.size - h)), (h, w)
-
-
-@dataclass(frozen=True)
-class SquareStretchView:
-    """SAM-2 and EfficientSAM view: stretch to ``size``² (aspect ratio not kept, no padding), then 0-255 ImageNet norm.
-
-    ``resize="tensor"`` is the official inference/demo path: bilinear interpolation of the **uint8**
-    tensor (align_corners=False, no antialias), so the stretched pixels are rounded to integers
-    before normalising. ``resize="pil"`` is the official eval.py path: PIL bilinear (antialiased).
-    Returns ``(image [3, size, size], input_size (size, size))``.
-    """
-
-    size: int = 1024
-    resize: str = "tensor"
-
-    def __post_init__(self):
-        if self.resize not in ("tensor", "pil"):
-            raise ValueError(f"resize must be 'tensor' or 'pil', got {self.resize!r}")
-
-    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        image = to_rgb_uint8(image)
-        if self.resize == "pil":
-            x = torch.from_numpy(np.array(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR)))
-            x = x.permute(2, 0, 1)
-        else:
-            x = torch.from_numpy(image).permute(2, 0, 1)[None]
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
-        return normalize(x.float(), IMAGENET_MEAN_255, IMAGENET_STD_255), (self.size, self.size)
-
-
-@dataclass(frozen=True)
-class LongestSideStretchView:
-    """EfficientSAM view of the official EVF-SAM code before commit 9d00853 (HEAD uses ``SquareStretchView``):
-    the SAM-1 longest-side resize and normalisation, then a bilinear stretch (float, no antialias) to ``size``².
-
-    Returns ``(image [3, size, size], input_size (h, w) of the longest-side resize)``.
-    """
-
-    size: int = 1024
-
-    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        x, (h, w) = resize_longest_side_normalized(image, self.size)
-        x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
-        return x, (h, w)

@@ -12,17 +12,13 @@ from evf.encoders import Beit3Encoder
 from evf.model import EVFSAM
 from evf.sam import SAM_BACKENDS
 
-BACKENDS = {
-    "sam1": {},
-    "sam2": {},
-    "sam2-frozen-decoder": {"train_mask_decoder": False},  # conv_s0/conv_s1 folded into the cached embedding
-    "efficientsam": {},
-}
+# Every registered backend, plus SAM-2 with a frozen decoder: conv_s0/conv_s1 then fold into the cached embedding.
+BACKENDS = {**{name: {} for name in SAM_BACKENDS}, "sam2-frozen-decoder": {"train_mask_decoder": False}}
 
 
 def make_model(backend: str, seed: int = 0, **kwargs) -> EVFSAM:
     torch.manual_seed(seed)
-    name = backend.split("-")[0]
+    name = backend.removesuffix("-frozen-decoder")
     return EVFSAM(Beit3Encoder(size="tiny"), SAM_BACKENDS.create(name, tiny=True, **{**BACKENDS.get(backend, {}), **kwargs}))
 
 

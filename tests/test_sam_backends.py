@@ -15,8 +15,10 @@ from evf.encoders import Beit3Encoder
 from evf.model import EVFSAM
 from evf.release import to_official
 from evf.sam import SAM_BACKENDS, EfficientSamBackend, Sam1Backend, Sam2Backend
+from evf.sam.efficientsam import LongestSideStretchView
+from evf.sam.sam2 import SquareStretchView
 from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
-from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, LongestSideStretchView, SquareStretchView
+from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255
 
 BACKENDS = list(SAM_BACKENDS)
 

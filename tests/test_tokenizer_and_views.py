@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from evf.sam import Sam1Backend
+from evf.sam.sam1 import Sam1View
 from evf.tokenizer import SEMANTIC_TOKEN, SPM_FILENAME, TOY_WORDS, XlmrTokenizer, toy_tokenizer_dir
-from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, Sam1View, StretchView, to_rgb_uint8
+from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, StretchView, to_rgb_uint8
 
 
 @pytest.fixture(scope="module")

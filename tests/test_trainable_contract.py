@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+import evf
 from evf.encoders import ENCODERS
 from evf.model import EVFSAM
+from evf.presets import get_preset
 from evf.sam import SAM_BACKENDS
 
-# Every backend with the default encoder, and every encoder (default mode) with SAM-1; encoder modes,
+# The tiny presets: every backend with BEiT-3 and every encoder (default mode) with SAM-1; encoder modes,
 # features and depths are covered in test_encoder_contract.py, backend switches in test_sam_backends.py.
-PAIRS = [(sam, "beit3") for sam in SAM_BACKENDS] + [("sam1", enc) for enc in ENCODERS if enc != "beit3"]
+TINY = evf.list_models("tiny-*")
 
 
 def text_prompted_loss(model: EVFSAM) -> torch.Tensor:
@@ -29,13 +31,14 @@ def text_prompted_loss(model: EVFSAM) -> torch.Tensor:
 
 
 def test_every_registered_plugin_is_covered():
-    assert {s for s, _ in PAIRS} == set(SAM_BACKENDS) and {e for _, e in PAIRS} == set(ENCODERS)
+    presets = [get_preset(name) for name in TINY]
+    assert {p.sam for p in presets} == set(SAM_BACKENDS) and {p.encoder for p in presets} == set(ENCODERS)
 
 
-@pytest.mark.parametrize("sam,encoder", PAIRS, ids=[f"{s}-{e}" for s, e in PAIRS])
-def test_every_trainable_parameter_gets_a_gradient(sam, encoder):
+@pytest.mark.parametrize("name", TINY)
+def test_every_trainable_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model = EVFSAM(ENCODERS.create(encoder, tiny=True), SAM_BACKENDS.create(sam, tiny=True)).train()
+    model = evf.create_model(name).train()
     text_prompted_loss(model).backward()
     named = dict(model.named_parameters())
     trainable = {n for n, p in named.items() if p.requires_grad}

@@ -1,6 +1,9 @@
 """EfficientSAM-S / -Ti backend (paper Tab.5), on our compact module with the official state-dict keys."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,7 +11,25 @@ from torch import nn
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.sam.base import SAM_BACKENDS, SamBackend
 from evf.sam.efficientsam_model import CONFIGS, EfficientSam
-from evf.transforms import LongestSideStretchView, SquareStretchView
+from evf.sam.sam2 import SquareStretchView  # HEAD's EfficientSAM view is SAM-2's
+from evf.transforms import resize_longest_side_normalized
+
+
+@dataclass(frozen=True)
+class LongestSideStretchView:
+    """EfficientSAM view of the official EVF-SAM code before commit 9d00853 (HEAD uses ``SquareStretchView``):
+    the SAM-1 longest-side resize and normalisation, then a bilinear stretch (float, no antialias) to ``size``².
+
+    Returns ``(image [3, size, size], input_size (h, w) of the longest-side resize)``.
+    """
+
+    size: int = 1024
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, (h, w) = resize_longest_side_normalized(image, self.size)
+        x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
+        return x, (h, w)
+
 
 CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "")
 # Image views of the official EVF-SAM code (inference.py ``sam_preprocess(model_type="effi")``):

@@ -1,14 +1,17 @@
 """SAM-1 (segment-anything) backend: vit_b / vit_l / vit_h, plus a tiny variant for tests."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
-from evf.transforms import Sam1View
+from evf.transforms import resize_longest_side_normalized
 
 # (embed_dim, depth, heads, global attention blocks) from segment-anything's build_sam.py
 VIT_SIZES = {
@@ -17,6 +20,20 @@ VIT_SIZES = {
     "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
 }
 CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "")
+
+
+@dataclass(frozen=True)
+class Sam1View:
+    """SAM-1 view: PIL bilinear resize of the longest side to ``size``, 0-255 ImageNet norm, zero-pad bottom/right.
+
+    Returns ``(image [3, size, size], input_size (h, w))``; ``input_size`` is needed to crop the padding back off.
+    """
+
+    size: int = 1024
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        x, (h, w) = resize_longest_side_normalized(image, self.size)
+        return F.pad(x, (0, self.size - w, 0, self.size - h)), (h, w)
 
 
 def build_sam1(variant: str):

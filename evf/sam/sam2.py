@@ -9,13 +9,17 @@ level, the mask decoder with the object-score token and the high-res features, n
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
-from evf.transforms import SquareStretchView
+from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, to_rgb_uint8
 
 VERSIONS = {"2.0": "configs/sam2/sam2_hiera_{}.yaml", "2.1": "configs/sam2.1/sam2.1_hiera_{}.yaml"}
 VARIANTS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
@@ -37,6 +41,35 @@ def sam2_key_to_release(key: str) -> str:
     """Inverse of ``release_key_to_sam2``."""
     match = FUSER_LAYER_SCALE.match(key)
     return match[1] + "weight" if match else key
+
+
+@dataclass(frozen=True)
+class SquareStretchView:
+    """SAM-2 and EfficientSAM view: stretch to ``size``² (aspect ratio not kept, no padding), then 0-255 ImageNet norm.
+
+    ``resize="tensor"`` is the official inference/demo path: bilinear interpolation of the **uint8**
+    tensor (align_corners=False, no antialias), so the stretched pixels are rounded to integers
+    before normalising. ``resize="pil"`` is the official eval.py path: PIL bilinear (antialiased).
+    Returns ``(image [3, size, size], input_size (size, size))``.
+    """
+
+    size: int = 1024
+    resize: str = "tensor"
+
+    def __post_init__(self):
+        if self.resize not in ("tensor", "pil"):
+            raise ValueError(f"resize must be 'tensor' or 'pil', got {self.resize!r}")
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        image = to_rgb_uint8(image)
+        if self.resize == "pil":
+            x = torch.from_numpy(np.array(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR)))
+            x = x.permute(2, 0, 1)
+        else:
+            x = torch.from_numpy(image).permute(2, 0, 1)[None]
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
+        return normalize(x.float(), IMAGENET_MEAN_255, IMAGENET_STD_255), (self.size, self.size)
+
 
 # The toy variant is the real Hiera-T config shrunk by Hydra overrides (128 px input, 32-wide SAM heads),
 # so it has every submodule of the full model, memory attention and memory encoder included.

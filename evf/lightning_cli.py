@@ -35,7 +35,7 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules.base import RefSegDataModule
 from evf.checkpoint import CheckpointError
 from evf.io import write_text_atomic
-from evf.lightning import EVFSAMModule
+from evf.module import EVFSAMModule
 from evf.locks import is_rank_zero, run_dir_lock
 
 TEST_SET_KEYS = ("name", "class_path", "init_args")

@@ -194,7 +194,7 @@ def test_package_writes_outputs_atomically():
 def test_known_output_writers_use_the_atomic_helpers():
     """Predictions, result tables, metrics and caches go through evf.io's helpers."""
     writers = {"evf/commands/predict.py": "save_png_atomic", "evf/lightning_cli.py": "write_text_atomic",
-               "evf/lightning.py": "atomic_path"}
+               "evf/module.py": "atomic_path"}
     for rel in ("evf/cache.py", "evf/results.py", "evf/attention.py"):  # written in parallel: checked once present
         if (REPO / rel).is_file():
             writers[rel] = "atomic"

@@ -8,7 +8,7 @@ import torch
 from datamodules import SyntheticRefDataModule
 from evf.checkpoint_filter import frozen_state_keys
 from evf.encoders import Beit3Encoder
-from evf.lightning import EVFSAMModule
+from evf.module import EVFSAMModule
 from evf.model import EVFSAM
 from evf.sam import Sam1Backend
 from tests.training_helpers import write_sam_weights

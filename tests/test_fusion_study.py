@@ -40,7 +40,7 @@ def train_and_test(mode: str, sam_weights: str, beit3_weights: str) -> float:
 
     from datamodules.spatial import SpatialRefDataModule
     from evf.encoders import Beit3Encoder
-    from evf.lightning import EVFSAMModule
+    from evf.module import EVFSAMModule
     from evf.model import EVFSAM
     from evf.sam import Sam1Backend
 

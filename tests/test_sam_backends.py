@@ -130,7 +130,7 @@ def test_frozen_parts_stay_out_of_the_optimizer_and_its_checkpoint_state(tmp_pat
     import lightning as L
 
     from datamodules import SyntheticRefDataModule
-    from evf.lightning import EVFSAMModule
+    from evf.module import EVFSAMModule
 
     torch.manual_seed(0)
     model = EVFSAM(Beit3Encoder(size="tiny"), Sam2Backend(variant="toy", train_prompt_encoder=False), train_encoder=False)

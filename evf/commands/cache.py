@@ -43,7 +43,7 @@ def build_from_configs(paths: Sequence[str]):
     from lightning.pytorch import seed_everything
 
     from datamodules.base import RefSegDataModule
-    from evf.lightning import EVFSAMModule
+    from evf.module import EVFSAMModule
 
     parser = ArgumentParser(exit_on_error=False, parser_mode="omegaconf")
     parser.add_argument("--seed_everything", type=int | bool | None, default=True)

@@ -125,7 +125,7 @@ def module_from_config(config: Path):
     from jsonargparse import ArgumentParser
 
     from evf.config_errors import explain_config_error
-    from evf.lightning import EVFSAMModule
+    from evf.module import EVFSAMModule
 
     try:
         data = yaml.safe_load(config.read_text(encoding="utf-8"))

@@ -64,7 +64,7 @@ def finetune(name: str, family: str, size: str, mode: str, weights: str, steps: 
     import lightning as L
 
     from datamodules.spatial import SpatialRefDataModule
-    from evf.lightning import EVFSAMModule
+    from evf.module import EVFSAMModule
     from evf.model import EVFSAM
     from evf.sam import Sam1Backend
 

@@ -14,7 +14,7 @@ from evf.model import EVFSAM, bce_dice_loss
 from evf.release import to_official
 from evf.sam import Sam1Backend
 from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
-from tests.test_beit3 import official_beit3_shapes
+from tests.official_shapes import official_beit3_shapes
 
 
 def official_evf_sam_shapes() -> dict[str, tuple[int, ...]]:

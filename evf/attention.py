@@ -146,5 +146,5 @@ def save_heatmaps(image: np.ndarray, maps: np.ndarray, out_dir: str | os.PathLik
         save_png_atomic(path, overlay(image, heat))
         paths.append(path)
     with atomic_path(out_dir / "attention.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, np.asarray(maps, dtype=np.float32))
+        np.save(f, np.asarray(maps, dtype=np.float32))  # noqa: TID251 - into atomic_path's temporary
     return paths

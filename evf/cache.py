@@ -266,7 +266,7 @@ def cache_lock(out: str | Path):
 
 def write_cache_folder(sam, images: IdentityRecorder, folder: Path, batch_size: int, shard_size: int, dtype: str,
                        progress: bool, source: str | None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # noqa: TID251 - shards are written inside atomic_dir's temporary folder
     from tqdm.auto import tqdm
 
     sig = signature(sam)

@@ -44,7 +44,7 @@ def read_checkpoint(path: str | os.PathLike) -> object:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)  # noqa: TID251 - the one reader, weights only
     except Exception as exc:  # noqa: BLE001 (corrupt, truncated, or a pickle with forbidden globals)
         raise unreadable(path, exc) from None
 
@@ -98,7 +98,7 @@ def mapped_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 def mapped_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """A torch file's state dict and whether it is memory-mapped (zip format) or was read whole (legacy)."""
     try:
-        return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path), True
+        return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path), True  # noqa: TID251 - weights only
     except CheckpointError:
         raise
     except Exception:  # noqa: BLE001 (legacy format, or unreadable: the plain reader says which)

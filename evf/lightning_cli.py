@@ -35,8 +35,8 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules.base import RefSegDataModule
 from evf.checkpoint import CheckpointError
 from evf.io import write_text_atomic
-from evf.module import EVFSAMModule
 from evf.locks import is_rank_zero, run_dir_lock
+from evf.module import EVFSAMModule
 
 TEST_SET_KEYS = ("name", "class_path", "init_args")
 

@@ -36,7 +36,7 @@ class UnsafePickleError(ValueError):
     """The pickle names a global (class or function) outside the allowed plain types; names the file."""
 
 
-class _PlainUnpickler(pickle.Unpickler):
+class _PlainUnpickler(pickle.Unpickler):  # noqa: TID251 - the restricted unpickler itself
     def __init__(self, file, source: str):
         # Python-2 byte strings (the refer toolkit's text): UTF-8, latin-1 only where UTF-8 fails.
         # Python-3 pickles are unaffected: their str is always UTF-8 and their bytes stay bytes.

@@ -85,7 +85,7 @@ class XlmrTokenizer:
         if path.is_file() and path.name != SPM_FILENAME:
             # transformers v5 ignores a bare vocab_file (it silently builds a 5-token vocab), so
             # stage the model under the file name from_pretrained looks for.
-            folder = Path(tempfile.mkdtemp(prefix="evf-spm-"))
+            folder = Path(tempfile.mkdtemp(prefix="evf-spm-"))  # noqa: TID251 - private staging, never published
             shutil.copy(path, folder / SPM_FILENAME)
             write_semantic_token_file(folder)
         if not (folder / SPM_FILENAME).is_file():

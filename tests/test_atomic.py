@@ -3,12 +3,12 @@
 1. A subprocess writes a large file through ``evf.io.atomic_path`` and is SIGKILLed mid-write:
    the previous file is intact and nothing else carries the final name.
 2. Lightning's checkpoint writer serialises fully in memory before touching the file.
-3. A source scan: every file write in the package (predictions, caches, tables, metrics,
-   checkpoints) happens inside ``with atomic_path(...)`` (or a helper built on it).
+3. Files and folders come out with the modes the umask gives, like a plain ``open``/``mkdir``.
+Non-atomic ``torch.save``/``numpy.save``/``mkstemp`` in the package are lint errors (pyproject.toml, TID251;
+tests/test_safe_loading.py checks the rules fire).
 """
 from __future__ import annotations
 
-import ast
 import os
 import pickle
 import signal
@@ -23,14 +23,6 @@ import torch
 from evf.io import atomic_path, save_png_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ("evf", "datamodules")
-
-# Files whose writes are not run outputs: the atomic helpers themselves, and writers of fake
-# datasets for tests (their output is regenerated, never trusted across runs).
-WRITE_ALLOWED = {
-    "evf/io.py": "defines the atomic helpers",
-}
-WRITE_ALLOWED_PREFIXES = ("datamodules/testing/",)
 
 SLOW_WRITER = textwrap.dedent("""
     import sys, time
@@ -117,105 +109,6 @@ def test_lightning_checkpoint_save_failure_keeps_old_checkpoint(tmp_path):
 
 
 # -- source scan --------------------------------------------------------------------------------
-WRITE_METHODS = {"write_text", "write_bytes", "save", "savez", "savez_compressed", "save_file", "to_csv", "to_json"}
-WRITE_FUNCTIONS = {"torch.save", "numpy.save", "numpy.savez", "numpy.savez_compressed", "safetensors.torch.save_file"}
-
-
-def opens_for_writing(call: ast.Call) -> bool:
-    """``open(path, "w"/"wb"/"x")``; append mode is a log, which never replaces a finished output."""
-    mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
-    return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and any(c in mode.value for c in "wx")
-
-
-def written_path(call: ast.Call) -> str | None:
-    """Source text of the path a write call targets (``tmp`` in ``tmp.write_text(..)`` or ``open(tmp, 'w')``)."""
-    if isinstance(call.func, ast.Attribute) and call.func.attr in ("write_text", "write_bytes"):
-        return ast.unparse(call.func.value)
-    return ast.unparse(call.args[0]) if call.args else None
-
-
-def renamed_into_place(call: ast.Call, function: ast.AST | None) -> bool:
-    """A hand-rolled temp file: the same path is later given to ``os.replace``/``os.rename`` in the function."""
-    target = written_path(call)
-    if function is None or target is None:
-        return False
-    return any(isinstance(n, ast.Call) and ast.unparse(n.func) in ("os.replace", "os.rename")
-               and n.args and ast.unparse(n.args[0]) == target for n in ast.walk(function))
-
-
-def is_atomic_block(node: ast.AST) -> bool:
-    if not isinstance(node, (ast.With, ast.AsyncWith)):
-        return False
-    for item in node.items:
-        func = item.context_expr.func if isinstance(item.context_expr, ast.Call) else None
-        name = getattr(func, "attr", None) or getattr(func, "id", None)
-        if name and "atomic" in name:
-            return True
-    return False
-
-
-def non_atomic_writes(source: str, filename: str) -> list[str]:
-    """``file:line: call`` for each write that is not inside a ``with atomic_path(...)`` block."""
-    tree = ast.parse(source, filename)
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    problems = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        writes = (name == "open" and isinstance(func, ast.Name) and opens_for_writing(node)) or \
-                 (name == "open" and isinstance(func, ast.Attribute) and opens_for_writing(node)) or \
-                 (isinstance(func, ast.Attribute) and name in WRITE_METHODS and (node.args or node.keywords)) or \
-                 (isinstance(func, ast.Name) and name in {"save_file"})
-        if not writes:
-            continue
-        ancestor, function = parents.get(node), None
-        while ancestor is not None and not is_atomic_block(ancestor):
-            if function is None and isinstance(ancestor, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                function = ancestor
-            ancestor = parents.get(ancestor)
-        if ancestor is None and not renamed_into_place(node, function):
-            problems.append(f"{filename}:{node.lineno}: {ast.unparse(node)[:80]}")
-    return problems
-
-
-def test_package_writes_outputs_atomically():
-    files = sorted(p for folder in SCANNED for p in (REPO / folder).rglob("*.py"))
-    offenders = []
-    for path in files:
-        rel = path.relative_to(REPO).as_posix()
-        if rel in WRITE_ALLOWED or rel.startswith(WRITE_ALLOWED_PREFIXES):
-            continue
-        offenders += non_atomic_writes(path.read_text(encoding="utf-8"), rel)
-    assert not offenders, "writes outside evf.io.atomic_path:\n" + "\n".join(offenders)
-
-
-def test_known_output_writers_use_the_atomic_helpers():
-    """Predictions, result tables, metrics and caches go through evf.io's helpers."""
-    writers = {"evf/commands/predict.py": "save_png_atomic", "evf/lightning_cli.py": "write_text_atomic",
-               "evf/module.py": "atomic_path"}
-    for rel in ("evf/cache.py", "evf/results.py", "evf/attention.py"):  # written in parallel: checked once present
-        if (REPO / rel).is_file():
-            writers[rel] = "atomic"
-    for rel, helper in writers.items():
-        assert helper in (REPO / rel).read_text(encoding="utf-8"), f"{rel} does not use {helper}"
-
-
-@pytest.mark.parametrize("snippet, count", [
-    ("open('x', 'w').write('a')", 1),
-    ("from pathlib import Path\nPath('x').write_text('a')", 1),
-    ("import torch\ntorch.save({}, 'x.pt')", 1),
-    ("import numpy as np\nnp.save('x.npy', a)", 1),
-    ("from evf.io import atomic_path\nwith atomic_path('x') as tmp:\n    tmp.write_text('a')\n    torch.save({}, tmp)", 0),
-    ("open('x').read()\nopen('x', 'rb').read()\nopen('log.txt', 'a')", 0),
-    ("import os\ndef f(p):\n    tmp = p + '.tmp'\n    open(tmp, 'w').write('a')\n    os.replace(tmp, p)", 0),
-    ("import os\ndef f(p):\n    tmp = p + '.tmp'\n    open(p, 'w').write('a')\n    os.replace(tmp, p)", 1),
-])
-def test_write_scanner(snippet, count):
-    assert len(non_atomic_writes(snippet, "evf/example.py")) == count
-
-
 def test_atomic_dir_replaces_a_folder_only_when_the_block_finishes(tmp_path):
     from evf.io import atomic_dir
 

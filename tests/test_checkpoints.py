@@ -8,8 +8,8 @@ import torch
 from datamodules import SyntheticRefDataModule
 from evf.checkpoint_filter import frozen_state_keys
 from evf.encoders import Beit3Encoder
-from evf.module import EVFSAMModule
 from evf.model import EVFSAM
+from evf.module import EVFSAMModule
 from evf.sam import Sam1Backend
 from tests.training_helpers import write_sam_weights
 

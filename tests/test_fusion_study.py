@@ -40,8 +40,8 @@ def train_and_test(mode: str, sam_weights: str, beit3_weights: str) -> float:
 
     from datamodules.spatial import SpatialRefDataModule
     from evf.encoders import Beit3Encoder
-    from evf.module import EVFSAMModule
     from evf.model import EVFSAM
+    from evf.module import EVFSAMModule
     from evf.sam import Sam1Backend
 
     L.seed_everything(0)

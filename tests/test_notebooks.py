@@ -64,7 +64,7 @@ def test_notebook_code_runs_in_process(name, monkeypatch):
     namespace: dict = {"__name__": "__notebook__"}
     for cell in book.cells:
         if cell.cell_type == "code":
-            exec(compile(cell.source, f"{name}[cell]", "exec"), namespace)  # noqa: S102 - our own notebooks
+            exec(compile(cell.source, f"{name}[cell]", "exec"), namespace)
     figures = [plt.figure(n) for n in plt.get_fignums()]
     assert len(figures) == (1 if name == "quickstart.ipynb" else 2)
     assert all(f.axes and any(ax.get_images() or ax.patches for ax in f.axes) for f in figures)

@@ -64,8 +64,8 @@ def finetune(name: str, family: str, size: str, mode: str, weights: str, steps: 
     import lightning as L
 
     from datamodules.spatial import SpatialRefDataModule
-    from evf.module import EVFSAMModule
     from evf.model import EVFSAM
+    from evf.module import EVFSAMModule
     from evf.sam import Sam1Backend
 
     L.seed_everything(int(seed))

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from evf.config_errors import ConfigError
+
 PRESETS: dict[str, list[dict[str, Any]]] = {
     # pixel-level only: nothing moves, so the mask needs no change
     "color": [{"name": "ColorJitter", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.8}],
@@ -39,14 +41,14 @@ def build_augmentation(spec: Any):
         return spec
     if isinstance(spec, str):
         if spec not in PRESETS:
-            raise ValueError(f"unknown augmentation preset {spec!r}; choose from {sorted(PRESETS)} or give a list")
+            raise ConfigError(f"unknown augmentation preset {spec!r}; choose from {sorted(PRESETS)} or give a list")
         spec = PRESETS[spec]
     transforms = []
     for entry in spec:
         entry = dict(entry)
         name = entry.pop("name", None)
         if not isinstance(name, str) or not hasattr(A, name):
-            raise ValueError(f"augmentation entry {entry!r} needs 'name' of an albumentations transform, got {name!r}")
+            raise ConfigError(f"augmentation entry {entry!r} needs 'name' of an albumentations transform, got {name!r}")
         transforms.append(getattr(A, name)(**entry))
     return A.Compose(transforms)
 

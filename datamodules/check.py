@@ -5,7 +5,8 @@ inconsistent masks/annotations, empty masks and image/annotation size mismatches
 fatal (the command exits non-zero) except a few empty masks: real annotations hold the odd empty
 segmentation, but when more than ``EMPTY_MASK_LIMIT`` of a split's items (and more than one) are
 empty, the annotations were not understood (e.g. an unread segmentation format) and training on
-them would teach the model to predict nothing.
+them would teach the model to predict nothing. A file that cannot be read at all (not a pickle or JSON,
+a pickle holding code, not the expected structure) stops the check with one line naming it (exit 2).
 """
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import DATAMODULES
-from datamodules.common import FileDataModule
+from datamodules.common import DatasetFileError, FileDataModule
 from datamodules.semantic import LabelMapDataset
+from evf.config_errors import ConfigError
+from evf.errors import first_line
 from evf.io import ImageReadError, read_image
+from evf.safe_pickle import PickleReadError
 
 REFER_SPLITS = ("train", "val", "testA", "testB")
 # dataset name on the command line -> (registered datamodule, fixed arguments, default splits)
@@ -79,7 +83,7 @@ class SplitReport:
 
 def build(name: str, root: str | Path, overrides: dict[str, Any] | None = None) -> FileDataModule:
     if name not in TARGETS:
-        raise ValueError(f"unknown dataset {name!r} for --check; choose from {', '.join(TARGETS)}")
+        raise ConfigError(f"unknown dataset {name!r} for --check; choose from {', '.join(TARGETS)}")
     registered, fixed, _ = TARGETS[name]
     return DATAMODULES.get(registered).cls(root=str(root), **{**fixed, **(overrides or {})})
 
@@ -93,8 +97,10 @@ def check_split(dm: FileDataModule, split: str, quick: bool = False, progress: b
         report.items = len(ds)
         if not isinstance(ds, LabelMapDataset):  # its eval index would read every label map a second time
             report.samples = len(dm.raw_dataset(split, train=False))
+    except (DatasetFileError, PickleReadError):
+        raise  # a file that cannot be read at all: nothing to report split by split (one line, exit 2)
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        report.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        report.error = first_line(exc)
         return report
     shapes: dict[Path, tuple[int, int] | None] = {}
     quiet = None if progress else True  # None: tqdm shows the bar only on a terminal
@@ -121,7 +127,7 @@ def check_split(dm: FileDataModule, split: str, quick: bool = False, progress: b
         try:
             sample = ds.target(item, np.random.default_rng([0, item]))
         except (ImageReadError, ValueError, KeyError, TypeError) as exc:
-            report.problems["unreadable annotations"].append(f"{path.name}: {str(exc).splitlines()[0]}")
+            report.problems["unreadable annotations"].append(f"{path.name}: {first_line(exc)}")
             continue
         if sample.get("skip") or (not sample["mask"].any() and not ds.allow_empty_masks):
             report.problems["empty masks"].append(f"{sample.get('id') or path.name}")

@@ -20,10 +20,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import Augmenter, build_augmentation
 from datamodules.base import RefSegDataModule
+from evf.errors import UserError, first_line
 from evf.io import make_temp_sibling, read_image
 from evf.tokenizer import SEMANTIC_TOKEN
 
 FIXTURE_ROOT = "fixture"  # root: fixture -> a tiny generated copy of the dataset in its real format
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset's files hold something the loader cannot use (no samples in a split, an annotation naming an
+    absent image, a mask of another size ...); names the file."""
+
+
+class DatasetFileError(DatasetError):
+    """A dataset file that cannot be read at all (not JSON, not the expected structure); names the file.
+    ``evf prepare --check`` stops on it instead of reporting it split by split."""
 
 
 def semantic_prompt(*words: str) -> str:
@@ -50,8 +61,8 @@ def load_json(path: str | os.PathLike, what: str = "annotation file") -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DatasetFileError(f"{path}: not valid JSON ({first_line(exc, 200)})") from None
 
 
 def coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -65,16 +76,21 @@ def coco_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     parts = segmentation if isinstance(segmentation, list) else [] if segmentation is None else [segmentation]
-    polygons = [p for p in parts if isinstance(p, list) and len(p) >= 6]  # pycocotools needs >= 3 points
-    rles = [rle_part(p, height, width) for p in parts if isinstance(p, dict)]
     unknown = [p for p in parts if not isinstance(p, (list, dict))]
     if unknown:
-        raise ValueError(f"unknown COCO segmentation part {type(unknown[0]).__name__} (expected polygons or RLE dicts)")
-    if polygons:
-        rles += mask_utils.frPyObjects(polygons, height, width)
-    if not rles:
-        return np.zeros((height, width), dtype=bool)
-    decoded = mask_utils.decode(rles)  # [H, W, K]
+        raise DatasetError(f"unknown COCO segmentation part {type(unknown[0]).__name__} (expected polygons or RLE dicts)")
+    try:
+        polygons = [p for p in parts if isinstance(p, list) and len(p) >= 6]  # pycocotools needs >= 3 points
+        rles = [rle_part(p, height, width) for p in parts if isinstance(p, dict)]
+        if polygons:
+            rles += mask_utils.frPyObjects(polygons, height, width)
+        if not rles:
+            return np.zeros((height, width), dtype=bool)
+        decoded = mask_utils.decode(rles)  # [H, W, K]
+    except DatasetError:
+        raise
+    except (TypeError, ValueError, OverflowError, AttributeError, UnicodeError) as exc:  # pycocotools on malformed input
+        raise DatasetError(f"unreadable COCO segmentation ({type(exc).__name__}: {first_line(exc, 120)})") from None
     return decoded.reshape(decoded.shape[0], decoded.shape[1], -1).any(axis=2)
 
 
@@ -83,10 +99,10 @@ def rle_part(rle: dict, height: int, width: int) -> dict:
     from pycocotools import mask as mask_utils
 
     if "counts" not in rle or "size" not in rle:
-        raise ValueError(f"RLE segmentation without 'counts' and 'size' (keys: {sorted(rle)})")
+        raise DatasetError(f"RLE segmentation without 'counts' and 'size' (keys: {sorted(rle)})")
     size = [int(s) for s in rle["size"]]
     if size != [height, width]:
-        raise ValueError(f"RLE segmentation of size {size} on an image of size {[height, width]}")
+        raise DatasetError(f"RLE segmentation of size {size} on an image of size {[height, width]}")
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed
         return mask_utils.frPyObjects(rle, *size)
@@ -131,7 +147,7 @@ class SampleDataset(Dataset):
         image = read_image(path)
         sample = self.target(item, rng)
         if sample["mask"].shape != image.shape[:2]:
-            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but its annotation is "
+            raise DatasetError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but its annotation is "
                              f"{sample['mask'].shape[1]}x{sample['mask'].shape[0]} (w x h)")
         sample["image"] = image
         if rng is not None:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.base import DATAMODULES
-from datamodules.common import FileDataModule, require_dir, require_file
+from datamodules.common import DatasetFileError, FileDataModule, require_dir, require_file
 from datamodules.semantic import LabelMapDataset, paired_files
+from evf.config_errors import ConfigError
 
 LIP_CLASSES = ("background", "hat", "hair", "glove", "sunglasses", "upper clothes", "dress", "coat", "socks", "pants",
                "jumpsuits", "scarf", "skirt", "face", "left arm", "right arm", "left leg", "right leg", "left shoe",
@@ -45,7 +46,7 @@ def part_names(classes: tuple[str, ...] | list[str], side: str = "viewer", renam
                include_background: bool = False) -> dict[int, str]:
     """Label value -> prompt words after the side convention and ``rename`` (keys are the dataset's names)."""
     if side not in ("viewer", "person"):
-        raise ValueError(f"side must be 'viewer' or 'person', got {side!r}")
+        raise ConfigError(f"side must be 'viewer' or 'person', got {side!r}")
     names = {}
     for value, name in enumerate(classes):
         if value == 0 and not include_background:
@@ -70,7 +71,7 @@ class HumanParsingDataModule(FileDataModule):
         super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
                          test_split, embedding_cache)
         if layout not in LAYOUTS:
-            raise ValueError(f"unknown human-parsing layout {layout!r}; choose from {sorted(LAYOUTS)}")
+            raise ConfigError(f"unknown human-parsing layout {layout!r}; choose from {sorted(LAYOUTS)}")
         preset = LAYOUTS[layout]
         self.templates = {"images": image_dir or preset["images"], "labels": label_dir or preset["labels"],
                           "ids": id_file or preset["ids"]}
@@ -91,7 +92,7 @@ class HumanParsingDataModule(FileDataModule):
             require_dir(images, "image folder")
             ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
             if not ids:
-                raise ValueError(f"{ids_file}: empty id list")
+                raise DatasetFileError(f"{ids_file}: empty id list")
             pairs = [(i, images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
         else:
             pairs = paired_files(images, labels)

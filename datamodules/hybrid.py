@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import DATAMODULES, RefSegDataModule
 from datamodules.common import EpochSampler
+from evf.config_errors import ConfigError
 
 
 def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
@@ -35,7 +36,7 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
     kind = spec.pop("type", None)
     spec.pop("ratio", None)
     if not isinstance(kind, str):
-        raise ValueError(f"hybrid source {name!r} needs 'type': a datamodule name "
+        raise ConfigError(f"hybrid source {name!r} needs 'type': a datamodule name "
                          f"({', '.join(DATAMODULES)}) or class path")
     if kind in DATAMODULES:
         return DATAMODULES.create(kind, **spec)
@@ -43,7 +44,7 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
     try:
         return getattr(importlib.import_module(module), cls)(**spec)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
+        raise ConfigError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
 
 
 def source_image_id(source: str, image_id) -> str:
@@ -57,10 +58,10 @@ class HybridDataset(Dataset):
                  augment: list[Callable[[dict], dict] | None] | None = None):
         weights = np.asarray(ratios, dtype=np.float64)
         if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"hybrid ratios must be non-negative with a positive sum, got {ratios}")
+            raise ConfigError(f"hybrid ratios must be non-negative with a positive sum, got {ratios}")
         empty = [n for n, d in zip(names, datasets) if len(d) == 0]
         if empty:
-            raise ValueError(f"hybrid sources without samples: {', '.join(empty)}")
+            raise ConfigError(f"hybrid sources without samples: {', '.join(empty)}")
         self.names, self.datasets, self.length, self.seed = names, datasets, length, seed
         self.cumulative = np.cumsum(weights / weights.sum())
         self.augment = augment or [None] * len(datasets)
@@ -105,12 +106,12 @@ class HybridDataModule(RefSegDataModule):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          val_split=val_split, test_split=test_split, embedding_cache=embedding_cache)
         if not sources:
-            raise ValueError("a hybrid datamodule needs at least one source")
+            raise ConfigError("a hybrid datamodule needs at least one source")
         self.ratios = {name: float(spec.get("ratio", 1.0)) for name, spec in sources.items()}
         self.sources = {name: build_source(name, spec) for name, spec in sources.items()}
         self.eval_source = eval_source or next(iter(sources))
         if self.eval_source not in self.sources:
-            raise ValueError(f"eval_source {self.eval_source!r} is not one of the sources {sorted(self.sources)}")
+            raise ConfigError(f"eval_source {self.eval_source!r} is not one of the sources {sorted(self.sources)}")
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
 
     def train_set(self) -> HybridDataset:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import DATAMODULES
-from datamodules.common import FileDataModule, SampleDataset, coco_mask, load_json
+from datamodules.common import DatasetError, FileDataModule, SampleDataset, coco_mask, load_json
+from datamodules.schema import ID, check_coco
 
 RAW_ANN_FILE = "{split}/zhiyuan_objv2_{split}.json"
 PREPARED_FILE = "objects365_{split}.json"
@@ -57,14 +58,13 @@ class Objects365Dataset(SampleDataset):
     def __init__(self, coco: dict, image_dir: Path, source: Path, box_masks: bool = False, train: bool = False,
                  seed: int = 0):
         super().__init__(train, seed)
-        if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
-            raise ValueError(f"{source}: not a COCO-format file (needs 'images', 'annotations' and 'categories')")
+        check_coco(coco, source, {"id": ID, "image_id": ID, "category_id": ID}, categories=True)
         self.image_dir, self.source, self.box_masks = image_dir, source, box_masks
         self.images = {img["id"]: img for img in coco["images"]}
         self.names = {c["id"]: str(c["name"]).strip().lower() for c in coco["categories"]}
         kept = one_instance_annotations(coco["annotations"])
         if not box_masks and any("segmentation" not in a for a in kept):
-            raise ValueError(f"{source}: annotations without masks; run 'evf prepare objects365' first "
+            raise DatasetError(f"{source}: annotations without masks; run 'evf prepare objects365' first "
                              "(or box_masks=true for box-shaped masks)")
         by_image: dict = defaultdict(list)
         for ann in kept:
@@ -72,7 +72,7 @@ class Objects365Dataset(SampleDataset):
         self.by_image = dict(by_image)
         self.items = list(self.by_image) if train else kept
         if not self.items:
-            raise ValueError(f"{source}: no one-instance annotations")
+            raise DatasetError(f"{source}: no one-instance annotations")
 
     def annotation(self, item: int, rng: np.random.Generator | None) -> dict:
         if not self.train:

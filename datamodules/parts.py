@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import DATAMODULES
-from datamodules.common import FileDataModule, SampleDataset, coco_mask, load_json, semantic_prompt
+from datamodules.common import (
+    DatasetError,
+    FileDataModule,
+    SampleDataset,
+    coco_mask,
+    load_json,
+    semantic_prompt,
+)
+from datamodules.schema import ID, check_coco
 
 TINY = {"root": "fixture", "batch_size": 2}
 
@@ -39,14 +47,13 @@ def part_phrase(category: dict) -> str:
 
 def coco_tables(coco: Any, source: Path) -> tuple[dict, dict, dict]:
     """images by id, categories by id, ``{image_id: {category_id: [annotations]}}``."""
-    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
-        raise ValueError(f"{source}: not a COCO-format file (needs 'images', 'annotations' and 'categories')")
+    check_coco(coco, source, {"image_id": ID, "category_id": ID}, categories=True)
     images = {img["id"]: img for img in coco["images"]}
     categories = {cat["id"]: cat for cat in coco["categories"]}
     grouped: dict = defaultdict(lambda: defaultdict(list))
     for ann in coco["annotations"]:
         if ann["image_id"] not in images or ann["category_id"] not in categories:
-            raise ValueError(f"{source}: annotation {ann.get('id')} names an unknown image or category")
+            raise DatasetError(f"{source}: annotation {ann.get('id')} names an unknown image or category")
         grouped[ann["image_id"]][ann["category_id"]].append(ann)
     return images, categories, grouped
 
@@ -66,7 +73,7 @@ class CocoSemanticDataset(SampleDataset):
         else:
             self.items = [(i, c) for i in image_ids for c in self.groups[i]]
         if not self.items:
-            raise ValueError(f"{source}: no annotated images")
+            raise DatasetError(f"{source}: no annotated images")
 
     def image_id(self, item: int):
         return self.items[item] if self.train else self.items[item][0]

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import DATAMODULES
-from datamodules.common import FileDataModule, SampleDataset, coco_mask, load_json, require_file
+from datamodules.common import DatasetError, FileDataModule, SampleDataset, coco_mask, load_json, require_file
+from datamodules.schema import ID, check_coco, check_refs
+from evf.config_errors import ConfigError
 from evf.safe_pickle import load_plain_pickle
 
 DATASETS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google"),
@@ -49,7 +51,7 @@ class ReferDataset(SampleDataset):
         splits = sorted({str(r.get("split")) for r in refs})
         self.refs = [r for r in refs if in_split(str(r.get("split")), split)]
         if not self.refs:
-            raise ValueError(f"{source}: no refs in split {split!r}; splits present: {', '.join(splits)}")
+            raise DatasetError(f"{source}: no refs in split {split!r}; splits present: {', '.join(splits)}")
         self.images = {img["id"]: img for img in instances["images"]}
         self.anns = {ann["id"]: ann for ann in instances["annotations"]}
         if train:
@@ -62,7 +64,7 @@ class ReferDataset(SampleDataset):
 
     def image_info(self, ref: dict) -> dict:
         if ref["image_id"] not in self.images:
-            raise ValueError(f"{self.source}: ref {ref['ref_id']} names image {ref['image_id']}, "
+            raise DatasetError(f"{self.source}: ref {ref['ref_id']} names image {ref['image_id']}, "
                              "absent from instances.json")
         return self.images[ref["image_id"]]
 
@@ -72,14 +74,21 @@ class ReferDataset(SampleDataset):
     def ref_mask(self, ref: dict, info: dict) -> np.ndarray:
         ann_id = ref["ann_id"]
         if ann_id not in self.anns:
-            raise ValueError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, "
+            raise DatasetError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, "
                              "absent from instances.json")
-        return coco_mask(self.anns[ann_id].get("segmentation"), info["height"], info["width"])
+        return self.segmentation_mask(ann_id, info)
+
+    def segmentation_mask(self, ann_id, info: dict) -> np.ndarray:
+        """One annotation's mask; a segmentation it cannot decode names instances.json and the annotation."""
+        try:
+            return coco_mask(self.anns[ann_id].get("segmentation"), info["height"], info["width"])
+        except DatasetError as exc:
+            raise DatasetError(f"{self.source.parent / 'instances.json'}: annotation {ann_id}: {exc}") from None
 
     def target(self, item: int, rng: np.random.Generator | None) -> dict[str, Any]:
         ref = self.ref_of(item)
         if not ref["sentences"]:
-            raise ValueError(f"{self.source}: ref {ref['ref_id']} has no sentences")
+            raise DatasetError(f"{self.source}: ref {ref['ref_id']} has no sentences")
         s = int(rng.integers(len(ref["sentences"]))) if self.train else self.items[item][1]
         sentence = ref["sentences"][s]
         info = self.image_info(ref)
@@ -99,11 +108,11 @@ class GReferDataset(ReferDataset):
             return mask
         for ann_id in ann_ids:
             if ann_id not in self.anns:
-                raise ValueError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, "
+                raise DatasetError(f"{self.source}: ref {ref['ref_id']} names annotation {ann_id}, "
                                  "absent from instances.json")
             ann = self.anns[ann_id]
             if not ann.get("iscrowd", 0):
-                mask |= coco_mask(ann.get("segmentation"), info["height"], info["width"])
+                mask |= self.segmentation_mask(ann_id, info)
         return mask
 
 
@@ -128,7 +137,7 @@ class RefCocoDataModule(FileDataModule):
         super().__init__(root, seed, augment, batch_size, eval_batch_size, num_workers, train_split, val_split,
                          test_split, embedding_cache)
         if dataset in DATASETS and split_by not in DATASETS[dataset]:
-            raise ValueError(f"{dataset} has no {split_by!r} split; choose from {DATASETS[dataset]}")
+            raise ConfigError(f"{dataset} has no {split_by!r} split; choose from {DATASETS[dataset]}")
         self.dataset_name, self.split_by = dataset, split_by
         default = "images/saiapr_tc-12" if dataset == "refclef" else "images/mscoco/images/train2014"
         self.image_dir = Path(image_root) if image_root else self.root / default
@@ -138,16 +147,14 @@ class RefCocoDataModule(FileDataModule):
         return self.root / self.dataset_name / f"refs({self.split_by}).p"
 
     def load_refs(self, path: Path) -> list[dict]:
-        refs = load_plain_pickle(require_file(path, "refs file"))
-        if not isinstance(refs, list):
-            raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
-        return refs
+        return check_refs(load_plain_pickle(require_file(path, "refs file")), path)
 
     def files(self) -> tuple[list, dict, Path]:
         if self._files is None:
             refs_file = self.refs_file()
             refs = self.load_refs(refs_file)
-            instances = load_json(self.root / self.dataset_name / "instances.json", "instances file")
+            path = self.root / self.dataset_name / "instances.json"
+            instances = check_coco(load_json(path, "instances file"), path, {"id": ID})
             self._files = (refs, instances, refs_file)
         return self._files
 
@@ -184,7 +191,4 @@ class GRefCocoDataModule(RefCocoDataModule):
     def load_refs(self, path: Path) -> list[dict]:
         if path.suffix == ".p":
             return super().load_refs(path)
-        refs = load_json(path, "grefs file")
-        if not isinstance(refs, list):
-            raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
-        return refs
+        return check_refs(load_json(path, "grefs file"), path, ann_id=(*ID, list))

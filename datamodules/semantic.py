@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from datamodules.base import DATAMODULES
-from datamodules.common import FileDataModule, SampleDataset, load_json, require_dir, require_file, semantic_prompt
+from datamodules.common import (
+    DatasetFileError,
+    FileDataModule,
+    SampleDataset,
+    load_json,
+    require_dir,
+    require_file,
+    semantic_prompt,
+)
 from evf.io import ImageReadError, read_mask
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
@@ -101,10 +109,10 @@ def read_ade_classes(path: Path) -> dict[int, str]:
         for row in rows:
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
             if "Idx" not in row or "Name" not in row:
-                raise ValueError(f"{path}: expected 'Idx' and 'Name' columns, got {sorted(row)}")
+                raise DatasetFileError(f"{path}: expected 'Idx' and 'Name' columns, got {sorted(row)}")
             names[int(row["Idx"])] = row["Name"].replace(";", ",").split(",")[0].strip()
     if not names:
-        raise ValueError(f"{path}: no classes listed")
+        raise DatasetFileError(f"{path}: no classes listed")
     return names
 
 
@@ -139,7 +147,7 @@ def read_vistas_classes(path: Path) -> dict[int, str]:
     config = load_json(path, "Mapillary Vistas config")
     labels = config.get("labels") if isinstance(config, dict) else None
     if not isinstance(labels, list) or not labels:
-        raise ValueError(f"{path}: expected a non-empty 'labels' list")
+        raise DatasetFileError(f"{path}: expected a non-empty 'labels' list")
     return {i: str(lab.get("readable") or lab["name"]).strip().lower() for i, lab in enumerate(labels)
             if lab.get("evaluate", True)}
 

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import DATAMODULES, RefSegDataModule
 from datamodules.synthetic import COLORS, SHAPES, SPLIT_IDS, Shape, place_and_paint, texture
+from evf.config_errors import ConfigError
 
 FAMILY_WEIGHTS = {"relation": 0.6, "next_to": 0.2, "semantic": 0.12, "attribute": 0.08}
 SEMANTIC_PREFIX = "[semantic]"
@@ -161,7 +162,7 @@ class SpatialRefDataset(Dataset):
     def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96, objects: tuple[int, int] = OBJECTS,
                  radius: tuple[float, float] = RADIUS, family_weights: dict[str, float] | None = None):
         if split not in SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
+            raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
         self.split, self.length, self.seed, self.image_size = split, length, seed, image_size
         self.objects, self.radius, self.family_weights = tuple(objects), tuple(radius), family_weights
 

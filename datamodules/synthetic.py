@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from datamodules.base import DATAMODULES, RefSegDataModule
+from evf.config_errors import ConfigError
 
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "yellow": (235, 220, 40),
           "purple": (150, 60, 200)}
@@ -130,7 +131,7 @@ def generate_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
 class SyntheticRefDataset(Dataset):
     def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96):
         if split not in SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
+            raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
         self.split, self.length, self.seed, self.image_size = split, length, seed, image_size
 
     def __len__(self) -> int:
@@ -156,5 +157,5 @@ class SyntheticRefDataModule(RefSegDataModule):
 
     def raw_dataset(self, split: str) -> SyntheticRefDataset:
         if split not in self.sizes:
-            raise ValueError(f"unknown split {split!r} of {type(self).__name__}; choose from {sorted(self.sizes)}")
+            raise ConfigError(f"unknown split {split!r} of {type(self).__name__}; choose from {sorted(self.sizes)}")
         return SyntheticRefDataset(split, self.sizes[split], self.seed, self.image_size)

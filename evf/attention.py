@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evf.config_errors import ConfigError
 from evf.io import atomic_path, save_png_atomic
 
 IMAGE_CLS = "image_cls"
@@ -26,12 +27,12 @@ def parse_query(query: str) -> int | None:
         return None
     if query.startswith("text:") and query[5:].isdigit():
         return int(query[5:])
-    raise ValueError(f"query must be 'image_cls' or 'text:<index>', got {query!r}")
+    raise ConfigError(f"query must be 'image_cls' or 'text:<index>', got {query!r}")
 
 
 def check_beit3(encoder) -> None:
     if not hasattr(encoder, "beit3"):
-        raise ValueError(f"attention maps need a BEiT-3 encoder, got {type(encoder).__name__}")
+        raise ConfigError(f"attention maps need a BEiT-3 encoder, got {type(encoder).__name__}")
 
 
 @torch.no_grad()
@@ -49,7 +50,7 @@ def layer_attention(encoder, images: torch.Tensor | None, input_ids: torch.Tenso
     wanted = list(range(1, depth + 1)) if layers is None else [int(n) for n in layers]
     bad = [n for n in wanted if not 1 <= n <= depth]
     if bad:
-        raise ValueError(f"layers must be within 1..{depth} (the layers this encoder runs), got {bad}")
+        raise ConfigError(f"layers must be within 1..{depth} (the layers this encoder runs), got {bad}")
     x, split, padding = beit3.embed(images, input_ids, padding_mask)
     out = []
     for number, layer in enumerate(beit3.encoder.layers[: max(wanted)], start=1):
@@ -83,7 +84,7 @@ def patch_attention(encoder, images: torch.Tensor, input_ids: torch.Tensor | Non
             raise ValueError("a text query needs text input")
         length = input_ids.shape[1] if padding_mask is None else int((~padding_mask).sum(1).min())
         if text_index >= length:
-            raise ValueError(f"text token {text_index} out of range: the prompt has {length} tokens")
+            raise ConfigError(f"text token {text_index} out of range: the prompt has {length} tokens")
         row = n_img + text_index
     grid = cfg.img_size // cfg.patch_size
     maps = [p[:, :, row, 1:n_img].sum(dim=1) for p in layer_attention(encoder, images, input_ids, padding_mask, layers)]
@@ -101,10 +102,10 @@ def attention_maps(model, image: np.ndarray, prompt: str | None, query: str = IM
     check_beit3(encoder)
     mode = getattr(encoder, "mode", "early")
     if mode == "text":
-        raise ValueError("a text-only encoder never sees the image: there is no attention to image patches")
+        raise ConfigError("a text-only encoder never sees the image: there is no attention to image patches")
     if mode == "late":  # the image branch runs alone, so the prompt cannot reach it
         if query != IMAGE_CLS:
-            raise ValueError("in late fusion text tokens never attend to image patches; use --query image_cls")
+            raise ConfigError("in late fusion text tokens never attend to image patches; use --query image_cls")
         prompt = None
     device = next(encoder.parameters()).device
     images = encoder.image_view(image)[None].to(device)

@@ -29,6 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, IterableDataset
 
 from evf.bulk_inputs import BulkItem
+from evf.config_errors import ConfigError
 from evf.io import read_image
 from evf.model import EVFSAM
 from evf.predictor import DEFAULT_MAX_BATCH, ImageSession
@@ -200,8 +201,8 @@ def device_choice(device: str, devices: int) -> tuple[str, int | list[int]]:
     parsed = torch.device(device)
     if parsed.index is not None and parsed.type != "cpu":  # "cpu:0" is just the CPU
         if devices != 1:
-            raise ValueError(f"--devices {devices} needs a device type without an index, e.g. --device {parsed.type}")
+            raise ConfigError(f"--devices {devices} needs a device type without an index, e.g. --device {parsed.type}")
         return parsed.type, [parsed.index]
     if devices < 1:
-        raise ValueError(f"--devices must be at least 1, got {devices}")
+        raise ConfigError(f"--devices must be at least 1, got {devices}")
     return parsed.type, devices

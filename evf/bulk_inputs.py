@@ -21,11 +21,14 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from evf.errors import UserError, first_line
+from evf.io import PLUGIN_ERRORS
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 GLOB_CHARS = "*?["
 
 
-class BulkInputError(ValueError):
+class BulkInputError(UserError, ValueError):
     """A bad image list, folder, glob or manifest line; the message names the file (and line)."""
 
 
@@ -148,7 +151,9 @@ def check_image(path: str) -> None:
         with Image.open(path):
             pass
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise BulkInputError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise BulkInputError(f"cannot read image {path}: {first_line(exc)}") from None
+    except PLUGIN_ERRORS as exc:
+        raise BulkInputError(f"cannot read image {path}: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def collect_items(specs: Sequence[str] = (), manifest: str | None = None, prompts: Sequence[str] = (),

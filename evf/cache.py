@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from evf.config_errors import ConfigError
 from evf.data import Preprocessor
+from evf.errors import UserError
 from evf.io import IMAGE_LOADER_VERSION, atomic_dir, atomic_path, leftover_siblings, write_text_atomic
 from evf.locks import sibling_lock
 
@@ -41,7 +43,7 @@ MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A missing, stale or mismatched embedding cache; the message is one line naming the file."""
 
 
@@ -250,7 +252,7 @@ def build_cache(sam, datasets: dict[str, Iterable[dict]], out: str | Path, batch
     ``source`` names the datamodule in the manifest; ``lock=False`` when the caller already holds ``cache_lock(out)``.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(out)
     with cache_lock(out) if lock else contextlib.nullcontext():
         for leftover in leftover_siblings(out):  # of killed builds; ours alone now that we hold the lock

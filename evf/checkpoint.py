@@ -10,11 +10,14 @@ import ctypes
 import json
 import mmap
 import os
+import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from evf.errors import UserError, first_line
 from evf.io import atomic_path
 
 WRAPPER_KEYS = ("state_dict", "model", "module")
@@ -27,24 +30,44 @@ SAFETENSORS_DTYPES = {
 SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model; the message names the file."""
 
 
+# torch's weights-only unpickler names the global a file asks for (builtins lose their module name)
+REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
+
+
+def refused_code(path: Path, exc: Exception) -> CheckpointError | None:
+    """A checkpoint whose pickle asks for code (a global outside torch's weights-only set): say so and which global.
+    torch's own message advises loading it with ``weights_only=False``, i.e. running that code; it is not repeated."""
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    found = REFUSED_GLOBAL.search(text)
+    if found:
+        name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+        detail = f"it names the global '{name}'"
+    else:
+        detail = "its pickle uses instructions outside the weights-only set"
+    return CheckpointError(f"refused checkpoint {path}: it holds code, not only weights and plain data ({detail}); "
+                           "evf never runs code from a checkpoint")
+
+
 def unreadable(path: Path, exc: Exception) -> CheckpointError:
-    lines = str(exc).strip().splitlines()
-    return CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {lines[0][:200] if lines else ''}")
+    return refused_code(path, exc) or CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line(exc, 200)}")
 
 
-def read_checkpoint(path: str | os.PathLike) -> object:
-    """The file's raw content (a Lightning checkpoint stays a dict with its optimizer/RNG entries)."""
+def read_checkpoint(path: str | os.PathLike, mapped: bool = False) -> object:
+    """The file's raw content (a Lightning checkpoint stays a dict with its optimizer/RNG entries).
+    ``mapped``: memory-map a zip-format torch file instead of reading it (tensors are read only when touched)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return dict(iter_tensors(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # noqa: TID251 - the one reader, weights only
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)  # noqa: TID251 - the one reader, weights only
     except Exception as exc:  # noqa: BLE001 (corrupt, truncated, or a pickle with forbidden globals)
         raise unreadable(path, exc) from None
 
@@ -71,11 +94,17 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
         if not 2 <= length <= size - 8:
             raise ValueError(f"header length {length} does not fit a {size}-byte file")
         header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
     header.pop("__metadata__", None)
     for name, info in header.items():
-        begin, end = info["data_offsets"]
-        numel = torch.Size(info["shape"]).numel()
-        if end - begin != numel * SAFETENSORS_DTYPES[info["dtype"]].itemsize or not 0 <= begin <= end <= size - 8 - length:
+        try:
+            begin, end = info["data_offsets"]
+            nbytes = torch.Size(info["shape"]).numel() * SAFETENSORS_DTYPES[info["dtype"]].itemsize
+            fits = end - begin == nbytes and 0 <= begin <= end <= size - 8 - length
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):
+            raise ValueError(f"tensor {name!r}: malformed header entry {str(info)[:80]}") from None
+        if not fits:
             raise ValueError(f"tensor {name!r}: data_offsets {info['data_offsets']} do not fit its shape or the file")
     return header, 8 + length
 
@@ -212,3 +241,19 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     check_fit(module, state, source)
     expected = module.state_dict()
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def summarize_load_error(exc: RuntimeError) -> str:
+    """torch's multi-line ``load_state_dict`` error as one line: counts and the first key of each kind."""
+    text = str(exc)
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)"),
+                           ("wrong shape", r"size mismatch for ([^:]+):")):
+        found = re.findall(pattern, text)
+        if label == "wrong shape" and found:
+            parts.append(f"{len(found)} wrong shape (e.g. {found[0]})")
+        elif found:
+            keys = re.findall(r'"([^"]+)"', found[0])
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0] if keys else '?'})")
+    return "; ".join(parts) or first_line(exc, 200)

@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from evf.errors import UserError, is_user_error, one_line
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 COMMANDS = {
     "predict": ("evf.commands.predict", "segment an image with one or more text prompts"),
@@ -20,10 +22,6 @@ COMMANDS = {
     "cache": ("evf.commands.cache", "precompute frozen SAM image embeddings of a split"),
     "attention": ("evf.commands.attention", "save BEiT-3 attention heatmaps (paper Fig.8)"),
 }
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line, exit code 2, no traceback."""
 
 
 def usage() -> str:
@@ -64,22 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         fail(str(exc) or "interrupted")
         return 130
-    except (UserError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        if debug:
+    except Exception as exc:
+        # Only bad input becomes one line (evf.errors.is_user_error); anything else is a bug and keeps its traceback.
+        if debug or not is_user_error(exc):
             raise
         return fail(one_line(exc))
 
 
-def one_line(exc: BaseException) -> str:
-    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if len(text) > 1 and text[0].endswith(":"):  # e.g. "Error(s) in loading state_dict for X:" + the detail
-        return f"{text[0]} {text[1]}"[:400]
-    return text[0] if text else type(exc).__name__
+__all__ = ["COMMANDS", "LIGHTNING_COMMANDS", "UserError", "fail", "main", "one_line", "usage"]
 
-
-if __name__ == "__main__":
-    # `python -m evf.cli` (how `evf sweep` starts runs) runs this file as __main__: call the imported module's
-    # main, whose UserError is the class evf's commands and evf.locks raise, so their errors stay one line
-    from evf.cli import main as package_main
-
-    sys.exit(package_main())
+if __name__ == "__main__":  # `python -m evf.cli`, how `evf sweep` starts its runs
+    sys.exit(main())

@@ -1,11 +1,16 @@
-"""Turn jsonargparse's multi-line config errors into one line that names the bad key and the nearest valid one."""
+"""Configuration errors in one line: YAML files that cannot be read (naming the file and line), and jsonargparse's
+multi-line messages turned into one line that names the bad key and the nearest valid one."""
 from __future__ import annotations
 
 import difflib
 import importlib
 import inspect
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from evf.errors import UserError, first_line
 
 FLAT_UNKNOWN = re.compile(r"does not accept option '([^']+)'")
 NESTED_UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
@@ -13,8 +18,40 @@ CLASS_PATH = re.compile(r"class_path '([\w.]+)'")
 PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A YAML/command-line configuration problem (the CLI prints it as one line, exit 2)."""
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file holding a mapping (``{}`` when empty); anything else is one ``ConfigError`` naming the file,
+    with the line and column of a syntax error."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {what} {path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or first_line(exc, 200)
+        raise ConfigError(f"cannot read {what} {path}: not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read {what} {path}: nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping of sections (model:, data:, trainer: ...), "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def config_file_arguments(args: Sequence[str]) -> list[str]:
+    """The existing files given as ``--config FILE`` / ``--config=FILE`` (a missing one is left to jsonargparse)."""
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    return [p for p in paths if Path(p).is_file()]
 
 
 def parser_keys(parser) -> list[str]:

@@ -5,12 +5,14 @@ import contextlib
 import os
 import secrets
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from evf.errors import UserError, first_line
 from evf.transforms import to_rgb_uint8
 
 # Bump whenever read_image returns other pixels for some file: embedding caches record it and are refused
@@ -18,7 +20,7 @@ from evf.transforms import to_rgb_uint8
 IMAGE_LOADER_VERSION = 2
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image file is missing, unreadable, truncated, empty or unusable; the message names the file."""
 
 
@@ -34,10 +36,8 @@ ORIENTATION_TRANSPOSE = {
 # longest-side resize (SAM-1: 1024) would leave its short side at a pixel or none.
 MAX_ASPECT_RATIO = 100
 INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # decoded as arrays, not through PIL's convert
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+# What PIL's format plugins raise on damaged files besides the documented OSError / SyntaxError
+PLUGIN_ERRORS = (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, struct.error, EOFError)
 
 
 @contextlib.contextmanager
@@ -49,14 +49,21 @@ def opened(path: str | os.PathLike, kind: str) -> Iterator[Image.Image]:
     if path.stat().st_size == 0:
         raise ImageReadError(f"cannot read {kind} {path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
+        im = Image.open(path)
+        try:
             im.load()
-            yield im
+        except BaseException:
+            im.close()
+            raise
     except Image.DecompressionBombError as exc:  # PIL's size guard, raised before any pixel is decoded
         raise ImageReadError(f"cannot read {kind} {path}: {first_line(exc).rstrip('.')} "
                              "(the limit is 2 x PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read {kind} {path}: {first_line(exc)}") from None
+    except PLUGIN_ERRORS as exc:
+        raise ImageReadError(f"cannot read {kind} {path}: {type(exc).__name__}: {first_line(exc)}") from None
+    with im:  # outside the try: an error in the caller's block is the caller's, not a decoding failure
+        yield im
 
 
 def exif_orientation(im: Image.Image) -> int:

@@ -33,7 +33,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.base import RefSegDataModule
-from evf.checkpoint import CheckpointError
+from evf.checkpoint import CheckpointError, read_checkpoint
+from evf.config_errors import ConfigError, config_file_arguments, explain_config_error, parser_keys, read_yaml_file
 from evf.io import write_text_atomic
 from evf.locks import is_rank_zero, run_dir_lock
 from evf.module import EVFSAMModule
@@ -88,13 +89,21 @@ def prediction_file_name(name: str) -> str:
 
 
 def check_checkpoint_file(ckpt_path: str | None) -> None:
-    """A truncated or corrupt ``--ckpt_path`` file fails here, naming the file, before anything is built.
+    """A truncated, corrupt or code-carrying ``--ckpt_path`` file fails here, naming the file, before anything is
+    built (Lightning reads the file's hyper-parameters first, and its errors are tracebacks).
 
     Lightning checkpoints are torch zip archives, whose index sits at the end of the file, so a cheap
-    zip check catches a copy that was cut off; "last", "best" and missing files are left to Lightning.
+    zip check catches a copy that was cut off; the file is then unpickled as evf reads every checkpoint
+    (``weights_only=True``, memory-mapped: no tensor data is read). "last", "best" and missing files are
+    left to Lightning.
     """
-    if ckpt_path and Path(ckpt_path).is_file() and not zipfile.is_zipfile(ckpt_path):
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    if not zipfile.is_zipfile(ckpt_path):
         raise CheckpointError(f"cannot read checkpoint {ckpt_path}: truncated or corrupted (not a complete torch zip archive)")
+    checkpoint = read_checkpoint(ckpt_path, mapped=True)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict')")
 
 
 class EvfCLI(LightningCLI):
@@ -105,12 +114,13 @@ class EvfCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        # one line naming the bad key (+ the nearest valid one) instead of jsonargparse's usage dump
+        # one line naming the bad key (+ the nearest valid one) instead of jsonargparse's usage dump; a YAML
+        # file that cannot be read is named first (jsonargparse's own message does not say which file)
+        for path in config_file_arguments(sys.argv[1:] if args is None else args if isinstance(args, list) else []):
+            read_yaml_file(path)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as exc:
-            from evf.config_errors import ConfigError, explain_config_error, parser_keys
-
             raise ConfigError(explain_config_error(str(exc), parser_keys(parser))) from None
         subcommand = self.config.get("subcommand")
         if subcommand:  # before Lightning reads the checkpoint's hyper-parameters
@@ -161,7 +171,7 @@ class EvfCLI(LightningCLI):
         named = [e.get("name") for e in entries if e.get("name")]
         if len(set(named)) != len(named):
             duplicate = next(n for n in named if named.count(n) > 1)
-            raise ValueError(f"test_sets: two entries are named {duplicate!r}; their metrics and predictions would overwrite each other")
+            raise ConfigError(f"test_sets: two entries are named {duplicate!r}; their metrics and predictions would overwrite each other")
         data_spec = cfg.data
         base_args = data_spec.init_args.as_dict() if isinstance(data_spec.init_args, Namespace) else dict(data_spec.init_args or {})
         out = []
@@ -176,7 +186,7 @@ class EvfCLI(LightningCLI):
         names = [name for name, _ in out]
         if len(set(names)) != len(names):
             duplicate = next(n for n in names if names.count(n) > 1)
-            raise ValueError(f"test_sets: two entries are both {duplicate!r}; give them distinct 'name's")
+            raise ConfigError(f"test_sets: two entries are both {duplicate!r}; give them distinct 'name's")
         return out
 
     def test(self, model=None, datamodule=None, ckpt_path=None, **kwargs) -> dict[str, dict[str, float]]:
@@ -226,7 +236,7 @@ def build_datamodule(cls: type, args: dict[str, Any]) -> RefSegDataModule:
     for key, value in args.items():
         if key not in params and not takes_any:
             if not hasattr(datamodule, key):
-                raise ValueError(f"test set: {cls.__name__} has no argument or attribute {key!r}")
+                raise ConfigError(f"test set: {cls.__name__} has no argument or attribute {key!r}")
             setattr(datamodule, key, value)
     return datamodule
 

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Self
 
-from evf.cli import UserError
+from evf.errors import UserError
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0  # ten missed heartbeats: a holder on another host is taken to be gone

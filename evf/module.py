@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.trainer.states import TrainerFn
 
+from evf.checkpoint import CheckpointError, summarize_load_error
 from evf.checkpoint_filter import drop_frozen, fill_frozen, frozen_state_keys, rng_states, set_rng_states
 from evf.io import atomic_path
 from evf.metrics import ReferringSegmentationMetrics, per_sample
@@ -126,6 +127,20 @@ class EVFSAMModule(L.LightningModule):
         if "state_dict" in checkpoint and not self.save_frozen_weights:
             checkpoint["state_dict"] = drop_frozen(checkpoint["state_dict"], frozen_state_keys(self))
         checkpoint["evf_rng_states"] = rng_states()
+
+    checkpoint_source: str | None = None  # the file being loaded, when not the trainer's ckpt_path (evf predict)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A checkpoint of another architecture is bad input: one ``CheckpointError`` naming the file, instead of
+        torch's multi-line ``RuntimeError`` (which stays for anything else)."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as exc:
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise
+            source = self.checkpoint_source or (self._trainer.ckpt_path if self._trainer is not None else None)
+            raise CheckpointError(f"{source or 'the checkpoint'} does not fit the model built from its config: "
+                                  f"{summarize_load_error(exc)}") from None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "state_dict" in checkpoint:

@@ -28,8 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from evf.cli import UserError
-from evf.io import first_line, leftover_siblings, write_text_atomic
+from evf.errors import UserError, first_line
+from evf.io import leftover_siblings, write_text_atomic
 from evf.locks import FolderLock
 
 MANIFEST_NAME = "predictions.json"

@@ -20,6 +20,7 @@ from torch import nn
 from evf.checkpoint import CheckpointError, check_fit, iter_tensors, write_safetensors
 from evf.encoders import ENCODERS, Beit3Encoder
 from evf.encoders.beit3_model import BEIT3_CONFIGS
+from evf.errors import first_line
 from evf.io import atomic_dir, write_text_atomic
 from evf.sam import SAM_BACKENDS, SamBackend
 from evf.sam.sam2 import release_key_to_sam2, sam2_key_to_release
@@ -122,18 +123,56 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise ValueError(f"unknown dtype {dtype!r}; give e.g. torch.float32, 'float16' or 'bfloat16'")
 
 
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def json_value(value: object) -> str:
+    """A config value as it reads in the file, e.g. ``["tiny"]`` (an array)."""
+    return f"{json.dumps(value)[:60]} (a JSON {JSON_TYPES.get(type(value), type(value).__name__)})"
+
+
+def architecture(config: dict) -> str:
+    """The release's class name: the first of ``architectures`` (EvfSamModel when the key is absent)."""
+    return (config.get("architectures") or ["EvfSamModel"])[0]
+
+
+def check_release_config(config: object, config_file: Path) -> dict:
+    """The keys ``from_pretrained`` reads, checked for type and value; each problem names the file and key.
+
+    ``architectures`` must be a list of class names as Hugging Face writes it: a bare string is refused
+    (rather than taken for a one-element list) so a hand-edited file is fixed once, not read two ways."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object of settings, got {json_value(config)}")
+    names = config.get("architectures")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f'{config_file}: "architectures" must be a list of class names such as ["EvfSamModel"], '
+                              f"got {json_value(names)}")
+    arch = architecture(config)
+    if arch not in OFFICIAL_BACKENDS:
+        raise CheckpointError(f"{config_file}: unsupported architecture {arch!r}; known: {sorted(OFFICIAL_BACKENDS)}")
+    scales = OFFICIAL_BACKENDS[arch][1]
+    sam_scale = config.get("sam_scale")
+    if not isinstance(sam_scale, str) or sam_scale not in scales:
+        shown = repr(sam_scale) if isinstance(sam_scale, str) or sam_scale is None else json_value(sam_scale)
+        raise CheckpointError(f"{config_file}: unsupported sam_scale {shown} for {arch}; known: {sorted(scales)}")
+    size = config.get("mm_extractor_scale", "large")
+    if not isinstance(size, str) or size not in BEIT3_CONFIGS:
+        shown = repr(size) if isinstance(size, str) else json_value(size)
+        raise CheckpointError(f"{config_file}: unsupported mm_extractor_scale {shown}; known: {sorted(BEIT3_CONFIGS)}")
+    return config
+
+
 def read_release_config(path: Path) -> tuple[Path, dict, Path]:
     """``(folder, config, weights file)`` of a release folder (or of a weights file in one)."""
     folder = path if path.is_dir() else path.parent
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"no config.json in {folder}: not an EVF-SAM release folder")
-    config = json.loads(config_file.read_text())
-    arch = (config.get("architectures") or ["EvfSamModel"])[0]
-    if arch not in OFFICIAL_BACKENDS:
-        raise CheckpointError(f"{config_file}: unsupported architecture {arch!r}; known: {sorted(OFFICIAL_BACKENDS)}")
-    if config.get("sam_scale") not in OFFICIAL_BACKENDS[arch][1]:
-        raise CheckpointError(f"{config_file}: unsupported sam_scale {config.get('sam_scale')!r} for {arch}")
+    try:
+        config = json.loads(config_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"cannot read {config_file}: not valid JSON ({first_line(exc, 200)})") from None
+    config = check_release_config(config, config_file)
     weights = path if path.is_file() else next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise CheckpointError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {folder}")
@@ -144,7 +183,7 @@ def build_without_weights(cls: type[nn.Module], config: dict, tokenizer: Path | 
                           **kwargs) -> nn.Module:
     """The model a release ``config`` describes, its parameters on the meta device (``sam21``: the
     SAM-2 weights hold SAM-2.1's extra keys). ``kwargs`` go to ``cls``."""
-    backend, scales = OFFICIAL_BACKENDS[(config.get("architectures") or ["EvfSamModel"])[0]]
+    backend, scales = OFFICIAL_BACKENDS[architecture(config)]
     backend_kwargs = dict(scales[config["sam_scale"]])
     if backend == "sam2" and sam21:
         backend_kwargs["version"] = "2.1"

@@ -14,12 +14,26 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evf.errors import UserError, first_line
 from evf.io import write_text_atomic
 
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
 SWEEP_FILE = "sweep.json"
 AVERAGE_COLUMN = "avg"
+# The scores evf.metrics computes per test set (a test keeps the two in step; importing it here would
+# import torch into `evf table`). "samples" is recorded too, but is a count, not a score.
+METRICS = ("cIoU", "gIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "no_target_acc")
+
+
+class ResultsError(UserError, ValueError):
+    """A results folder or one of its files (metrics.json, run.json, sweep.json) that cannot be read; names it."""
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ResultsError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    return metric
 
 
 @dataclass
@@ -44,11 +58,19 @@ class Table:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, layout: str = "") -> dict:
+    """A JSON object from ``path``; with ``layout`` (``"test"`` for metrics.json) the named entry must be an object
+    of objects ({"<dataset>/<split>": {"cIoU": ...}})."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ResultsError(f"cannot read {path}: {first_line(exc, 200)}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    entry = data.get(layout) if layout else None
+    if layout and entry is not None and not (isinstance(entry, dict) and all(isinstance(v, dict) for v in entry.values())):
+        raise ResultsError(f'{path}: "{layout}" must map each test set to its scores, e.g. {{"refcoco/val": {{"cIoU": 0.7}}}}')
+    return data
 
 
 def load_runs(root: str | Path) -> list[Run]:
@@ -60,17 +82,25 @@ def load_runs(root: str | Path) -> list[Run]:
     runs = []
     for metrics_file in sorted(root.rglob(METRICS_FILE)):
         folder = metrics_file.parent
-        metrics = read_json(metrics_file)
+        metrics = read_json(metrics_file, layout="test")
         info = read_json(folder / RUN_FILE) if (folder / RUN_FILE).is_file() else {}
         default_name = folder.parent if folder.name.startswith("seed") else folder
         name = info.get("name") or default_name.relative_to(root).as_posix().removeprefix("runs/") or folder.name
-        seed = info.get("seed", metrics.get("seed"))
-        runs.append(Run(name, seed, metrics.get("test") or {}, folder))
+        if not isinstance(name, str):
+            raise ResultsError(f'{folder / RUN_FILE}: "name" must be a string, got {name!r}')
+        test = metrics.get("test") or {}
+        for column, scores in test.items():
+            for key, value in scores.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise ResultsError(f'{metrics_file}: {column} {key} is {value!r}, not a number')
+        runs.append(Run(name, info.get("seed", metrics.get("seed")), test, folder))
     return runs
 
 
 def row_order(root: Path, runs: list[Run]) -> list[str]:
     planned = read_json(root / SWEEP_FILE).get("configs", []) if (root / SWEEP_FILE).is_file() else []
+    if not isinstance(planned, list) or not all(isinstance(n, str) for n in planned):
+        raise ResultsError(f'{root / SWEEP_FILE}: "configs" must be a list of row names')
     names = {r.name for r in runs}
     return [n for n in planned if n in names] + sorted(names - set(planned))
 
@@ -129,9 +159,10 @@ def write_tables(root: str | Path, out: str | Path | None = None, metric: str = 
     """Rebuild ``results.md`` and ``results.csv`` (``results_<metric>.*`` for other metrics) atomically
     in ``out`` (default: ``root``)."""
     root = Path(root)
+    check_metric(metric)
     runs = load_runs(root)
     if not runs:
-        raise ValueError(f"no finished runs ({METRICS_FILE}) under {root}")
+        raise ResultsError(f"no finished runs ({METRICS_FILE}) under {root}")
     table = build_table(runs, metric, row_order(root, runs))
     out = Path(out or root)
     stem = "results" if metric == "cIoU" else f"results_{metric}"

@@ -17,6 +17,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from evf.errors import UserError, first_line
+
 LATIN1_FALLBACK = "evf-latin1-fallback"
 
 
@@ -32,7 +34,11 @@ codecs.register_error(LATIN1_FALLBACK, _latin1_fallback)
 ALLOWED_GLOBALS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset")}
 
 
-class UnsafePickleError(ValueError):
+class PickleReadError(UserError, ValueError):
+    """A pickle file that cannot be read as plain data (damaged, or not a pickle); names the file."""
+
+
+class UnsafePickleError(PickleReadError):
     """The pickle names a global (class or function) outside the allowed plain types; names the file."""
 
 
@@ -65,8 +71,8 @@ def load_plain_pickle(path: str | os.PathLike) -> Any:
 def loads_plain(data: bytes, source: str = "<bytes>") -> Any:
     try:
         return _PlainUnpickler(io.BytesIO(data), source).load()
-    except UnsafePickleError:
+    except PickleReadError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{source}: not a readable pickle ({first})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError, RecursionError) as exc:  # what a damaged pickle makes the unpickler raise
+        raise PickleReadError(f"{source}: not a readable pickle ({first_line(exc, 200)})") from None

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from evf.config_errors import ConfigError
+from evf.errors import UserError, first_line
 from evf.io import atomic_path, make_temp_sibling
 
 SEMANTIC_TOKEN = "[semantic]"
@@ -23,6 +25,10 @@ SPM_FILENAME = "sentencepiece.bpe.model"
 ADDED_TOKENS_FILENAME = "added_tokens.json"
 TOKENIZER_CONFIG_FILENAME = "tokenizer_config.json"
 XLMR_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast")
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer folder whose files cannot be read or belong to another tokenizer; names the file."""
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -60,9 +66,9 @@ def check_tokenizer_class(folder: Path) -> None:
     try:
         name = json.loads(config.read_text()).get("tokenizer_class")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise ValueError(f"cannot read {config}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise TokenizerError(f"cannot read {config}: {type(exc).__name__}: {first_line(exc)}") from None
     if name is not None and name not in XLMR_CLASSES:
-        raise ValueError(f"{config}: tokenizer_class {name!r} is not BEiT-3's; expected one of {list(XLMR_CLASSES)}")
+        raise TokenizerError(f"{config}: tokenizer_class {name!r} is not BEiT-3's; expected one of {list(XLMR_CLASSES)}")
 
 
 class XlmrTokenizer:
@@ -91,14 +97,17 @@ class XlmrTokenizer:
         if not (folder / SPM_FILENAME).is_file():
             raise FileNotFoundError(f"no {SPM_FILENAME} in {folder}")
         if max_length is not None and max_length < 2:
-            raise ValueError(f"max_length must leave room for <s> and </s> (>= 2), got {max_length}")
+            raise ConfigError(f"max_length must leave room for <s> and </s> (>= 2), got {max_length}")
         check_tokenizer_class(folder)
         self.path = str(path)
         self.max_length = max_length
         self.lowercase = lowercase
-        self.tok = XLMRobertaTokenizer.from_pretrained(str(folder))
+        try:
+            self.tok = XLMRobertaTokenizer.from_pretrained(str(folder))
+        except Exception as exc:  # noqa: BLE001 - sentencepiece and transformers raise many types on damaged files
+            raise TokenizerError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {first_line(exc, 200)}") from None
         if len(self.tok) <= 5:
-            raise ValueError(f"tokenizer at {folder} has only {len(self.tok)} tokens: the sentencepiece model was not read")
+            raise TokenizerError(f"tokenizer at {folder} has only {len(self.tok)} tokens: the sentencepiece model was not read")
         self.pad_id = self.tok.pad_token_id
         # The id of [semantic] where the folder makes it one token; None where it is split into pieces.
         self.semantic_id = self.tok.get_vocab().get(SEMANTIC_TOKEN)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from evf.cli import UserError
-from evf.commands.predict import OneLineParser, load_inputs
+from evf.commands.predict import command_line_prompt, load_inputs
+from evf.errors import OneLineParser
 
 
 def parse_args(argv: Sequence[str]):
@@ -31,11 +31,10 @@ def main(argv: Sequence[str]) -> int:
     from evf.attention import attention_maps, parse_query, save_heatmaps
 
     args = parse_args(argv)
-    if not args.prompt.strip():
-        raise UserError("--prompt is empty")
+    prompt = command_line_prompt(args.prompt, "--prompt")
     parse_query(args.query)  # reject a malformed query before the slow model load
     image, folder, model = load_inputs(args)
-    maps = attention_maps(model, image, args.prompt.strip(), args.query, args.layers)
+    maps = attention_maps(model, image, prompt, args.query, args.layers)
     layers = args.layers or list(range(1, len(maps) + 1))
     for path in save_heatmaps(image, maps, folder, layers):
         print(path)

@@ -12,14 +12,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from evf.cli import UserError
+from evf.errors import OneLineParser, UserError
 
 READ_SECTIONS = ("model", "data", "seed_everything")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -38,11 +33,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def build_from_configs(paths: Sequence[str]):
     """(``EVFSAM``, datamodule) from layered LightningCLI YAML files, seeded as ``evf fit`` seeds them."""
-    import yaml
     from jsonargparse import ArgumentParser
     from lightning.pytorch import seed_everything
 
     from datamodules.base import RefSegDataModule
+    from evf.config_errors import read_yaml_file
     from evf.module import EVFSAMModule
 
     parser = ArgumentParser(exit_on_error=False, parser_mode="omegaconf")
@@ -53,12 +48,10 @@ def build_from_configs(paths: Sequence[str]):
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"config not found: {path}")
+        data = read_yaml_file(path)
+        section = {k: data[k] for k in READ_SECTIONS if k in data}
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-            section = {k: data[k] for k in READ_SECTIONS if k in data}
             cfg = parser.parse_object(section, cfg_base=cfg, defaults=cfg is None)
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
         except Exception as exc:  # noqa: BLE001  jsonargparse reports unknown keys / bad types as ArgumentError
             raise UserError(f"config {path}: {' '.join(str(exc).split())[:300]}") from None
     seed = cfg.seed_everything

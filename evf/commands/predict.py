@@ -34,7 +34,7 @@ import torch
 
 from evf.bulk_inputs import collect_items, is_glob, read_text_lines
 from evf.checkpoint import CheckpointError, read_checkpoint
-from evf.cli import UserError
+from evf.errors import OneLineParser, UserError, first_line
 from evf.io import read_image, save_png_atomic
 from evf.locks import is_rank_zero
 from evf.output_set import ImageOutputs, OutputSet
@@ -48,13 +48,6 @@ COLOURS = ((50, 120, 220), (220, 60, 50), (60, 180, 75), (240, 200, 30), (145, 3
            (70, 200, 220), (240, 50, 230), (250, 150, 40), (128, 128, 128), (0, 128, 128))
 OVERLAY_NAME = "overlay.png"
 RUN_CONFIG_NAME = "config.yaml"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes become one ``evf: error:`` line like every other bad input."""
-
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -80,12 +73,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 # -- inputs -------------------------------------------------------------------------------------
+def command_line_prompt(text: str, label: str) -> str:
+    """A prompt given on the command line, stripped; refused if blank or not UTF-8. Python hands a byte that is
+    not UTF-8 through ``sys.argv`` as a lone surrogate (``surrogateescape``), which no tokenizer can take."""
+    bad = next((i for i, char in enumerate(text) if "\ud800" <= char <= "\udfff"), None)
+    if bad is not None:
+        byte = ord(text[bad]) - 0xDC00 if "\udc80" <= text[bad] <= "\udcff" else None
+        offset = len(text[:bad].encode("utf-8", "surrogateescape"))
+        shown = f"bad byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
+        raise UserError(f"{label} is not UTF-8 text ({shown} at offset {offset})")
+    if not text.strip():
+        raise UserError(f"{label} is empty")
+    return text.strip()
+
+
 def read_prompts(prompts: Sequence[str], prompt_file: str | None, required: bool = True) -> list[str]:
-    out = []
-    for i, text in enumerate(prompts):
-        if not text.strip():
-            raise UserError(f"--prompt #{i + 1} is empty")
-        out.append(text.strip())
+    out = [command_line_prompt(text, f"--prompt #{i + 1}") for i, text in enumerate(prompts)]
     if prompt_file:
         path = Path(prompt_file)
         lines = read_text_lines(path, "prompt file", UserError)
@@ -121,17 +124,13 @@ def find_run_config(ckpt: Path) -> Path:
 
 def module_from_config(config: Path):
     """An untrained ``EVFSAMModule`` built from the ``model:`` section of a LightningCLI YAML."""
-    import yaml
     from jsonargparse import ArgumentParser
 
-    from evf.config_errors import explain_config_error
+    from evf.config_errors import explain_config_error, read_yaml_file
     from evf.module import EVFSAMModule
 
-    try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read config {config}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    data = read_yaml_file(config)
+    if not isinstance(data.get("model"), dict):
         raise UserError(f"config {config} has no 'model:' section")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(EVFSAMModule, "model", fail_untyped=False)
@@ -149,10 +148,8 @@ def load_lightning_checkpoint(ckpt: Path, config: Path | None):
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")
     module.on_load_checkpoint(checkpoint)  # lets the module restore what it left out (e.g. frozen weights)
-    try:
-        module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt} does not fit the model built from its config: {summarize_load_error(exc)}") from None
+    module.checkpoint_source = str(ckpt)  # named by its error if the weights do not fit
+    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
     return module.model
 
 
@@ -167,27 +164,6 @@ def load_model(checkpoint: str, config: str | None):
     if path.is_dir() or (path.suffix != ".ckpt" and (path.parent / "config.json").is_file()):
         return EVFSAM.from_pretrained(path)
     return load_lightning_checkpoint(path, Path(config) if config else None)
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else ""
-
-
-def summarize_load_error(exc: RuntimeError) -> str:
-    """torch's multi-line ``load_state_dict`` error as one line: counts and the first key of each kind."""
-    text = str(exc)
-    parts = []
-    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
-                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)"),
-                           ("wrong shape", r"size mismatch for ([^:]+):")):
-        found = re.findall(pattern, text)
-        if label == "wrong shape" and found:
-            parts.append(f"{len(found)} wrong shape (e.g. {found[0]})")
-        elif found:
-            keys = re.findall(r'"([^"]+)"', found[0])
-            parts.append(f"{len(keys)} {label} (e.g. {keys[0] if keys else '?'})")
-    return "; ".join(parts) or first_line(exc)
 
 
 # -- outputs ------------------------------------------------------------------------------------

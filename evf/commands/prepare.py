@@ -24,13 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evf.cli import UserError
+from evf.errors import OneLineParser, UserError
 from evf.io import ImageReadError, read_image, write_text_atomic
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -77,12 +72,12 @@ def load_backend(spec: str, variant: str | None, checkpoint: str | None, tiny: b
     kwargs: dict[str, Any] = {}
     name, cls = spec, None
     if spec.endswith((".yaml", ".yml")):
-        import yaml
+        from evf.config_errors import read_yaml_file
 
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"backend config not found: {path}")
-        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg = read_yaml_file(path, "backend config")
         cfg = cfg.get("model", {}).get("model", {}).get("sam", cfg) if "model" in cfg else cfg
         if "class_path" in cfg:
             module, _, attr = cfg["class_path"].rpartition(".")

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from evf.cli import UserError
+from evf.errors import OneLineParser, UserError
 from evf.io import write_text_atomic
 from evf.locks import FolderLock
-from evf.results import METRICS_FILE, RUN_FILE, SWEEP_FILE, format_cell, write_tables
+from evf.results import METRICS_FILE, RUN_FILE, SWEEP_FILE, check_metric, format_cell, write_tables
 from evf.slurm import device_overrides, render_array
 
 
@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="evf sweep", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="evf sweep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("experiments", nargs="+", help="experiment YAML files or globs (quote globs to keep their order)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds per config (default: 0)")
@@ -150,6 +150,7 @@ def main(argv: Sequence[str]) -> int:
     args, overrides = parse_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    check_metric(args.metric)  # before any run: the table is written after the last one
     out = Path(args.out)
     runs = plan(args, overrides)
     todo = [r for r in runs if not r["finished"]]

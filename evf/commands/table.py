@@ -5,16 +5,16 @@
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from evf.results import write_tables
+from evf.errors import OneLineParser
+from evf.results import METRICS, write_tables
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="evf table", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="evf table", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="folder holding finished runs (each with metrics.json), e.g. an `evf sweep --out` folder")
-    parser.add_argument("--metric", default="cIoU", help="cIoU, gIoU, P@0.5 ... P@0.9, no_target_acc (default cIoU)")
+    parser.add_argument("--metric", default="cIoU", help=f"one of {', '.join(METRICS)} (default cIoU)")
     parser.add_argument("--out", default=None, help="where to write the tables (default: the root folder)")
     args = parser.parse_args(list(argv))
     md, csv_path, table = write_tables(args.root, args.out, args.metric)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evf.config_errors import ConfigError
 from evf.registry import Registry
 
 ENCODERS = Registry("encoder")
@@ -108,5 +109,5 @@ class MultimodalEncoder(nn.Module, abc.ABC):
 
     def check_mode(self, mode: str) -> str:
         if mode not in self.MODES:
-            raise ValueError(f"{type(self).__name__} has no mode {mode!r}; choose from {self.MODES}")
+            raise ConfigError(f"{type(self).__name__} has no mode {mode!r}; choose from {self.MODES}")
         return mode

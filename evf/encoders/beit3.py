@@ -6,6 +6,7 @@ from functools import cached_property
 import torch
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.config_errors import ConfigError
 from evf.encoders.base import ENCODERS, MultimodalEncoder
 from evf.encoders.beit3_model import Beit3Model, beit3_config
 from evf.tokenizer import XlmrTokenizer, toy_tokenizer_dir
@@ -47,10 +48,10 @@ class Beit3Encoder(MultimodalEncoder):
         self.mode = self.check_mode(mode)
         self.feature = feature or FEATURES[mode][0]
         if self.feature not in FEATURES[mode]:
-            raise ValueError(f"feature {self.feature!r} is not available in {mode!r} mode; choose from {FEATURES[mode]}")
+            raise ConfigError(f"feature {self.feature!r} is not available in {mode!r} mode; choose from {FEATURES[mode]}")
         self.cfg = beit3_config(size)
         if depth is not None and not 1 <= depth <= self.cfg.depth:
-            raise ValueError(f"depth must be within 1..{self.cfg.depth}, got {depth}")
+            raise ConfigError(f"depth must be within 1..{self.cfg.depth}, got {depth}")
         self.depth = depth
         self.tokenizer_path = tokenizer
         # Never tokenize past what the text position table embeds (it counts from row 2).
@@ -70,7 +71,7 @@ class Beit3Encoder(MultimodalEncoder):
     def tokenizer(self) -> XlmrTokenizer:
         tok = XlmrTokenizer(self.tokenizer_path or toy_tokenizer_dir(), max_length=self.max_text_length)
         if len(tok) > self.cfg.vocab_size:
-            raise ValueError(f"tokenizer has {len(tok)} tokens but BEiT-3 '{self.cfg}' embeds only {self.cfg.vocab_size}")
+            raise ConfigError(f"tokenizer has {len(tok)} tokens but BEiT-3 '{self.cfg}' embeds only {self.cfg.vocab_size}")
         return tok
 
     def uses_parameter(self, name: str) -> bool:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evf.config_errors import ConfigError
+
 # Fairseq convention: positions 0 and 1 are reserved, both modalities start counting at 2.
 POSITION_OFFSET = 2
 
@@ -57,7 +59,7 @@ BEIT3_CONFIGS = {
 
 def beit3_config(size: str, **overrides) -> Beit3Config:
     if size not in BEIT3_CONFIGS:
-        raise ValueError(f"unknown BEiT-3 size {size!r}; choose from {sorted(BEIT3_CONFIGS)}")
+        raise ConfigError(f"unknown BEiT-3 size {size!r}; choose from {sorted(BEIT3_CONFIGS)}")
     return replace(BEIT3_CONFIGS[size], **overrides)
 
 

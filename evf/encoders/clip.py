@@ -12,6 +12,7 @@ from functools import cached_property
 import torch
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.config_errors import ConfigError
 from evf.encoders.base import ENCODERS, MultimodalEncoder
 from evf.transforms import StretchView
 
@@ -36,9 +37,9 @@ def clip_config(name: str) -> dict:
 
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ValueError(f"unknown open_clip model {name!r}; e.g. ViT-L-14, ViT-L-14-quickgelu, ViT-H-14 or tiny")
+        raise ConfigError(f"unknown open_clip model {name!r}; e.g. ViT-L-14, ViT-L-14-quickgelu, ViT-H-14 or tiny")
     if cfg.get("custom_text") or "timm_model_name" in cfg.get("vision_cfg", {}):
-        raise ValueError(f"open_clip model {name!r} uses a custom text or timm tower; only plain CLIP towers are supported")
+        raise ConfigError(f"open_clip model {name!r} uses a custom text or timm tower; only plain CLIP towers are supported")
     return cfg
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from evf.checkpoint import CheckpointError, load_into, load_state_dict, select_prefix
+from evf.config_errors import ConfigError
 from evf.encoders.base import ENCODERS, MultimodalEncoder
 from evf.tokenizer import TOY_WORDS, pad_sequences
 from evf.transforms import StretchView
@@ -99,7 +100,7 @@ class ViltEncoder(MultimodalEncoder):
         elif size in ("base", "tiny"):
             config = ViltConfig(**(TINY_VILT if size == "tiny" else {}))
         else:
-            raise ValueError(f"unknown ViLT size {size!r}; choose from ['base', 'tiny']")
+            raise ConfigError(f"unknown ViLT size {size!r}; choose from ['base', 'tiny']")
         self.vilt = ViltModel(config)
         if pretrained:
             load_into(self.vilt, select_prefix(load_state_dict(weights), CHECKPOINT_PREFIXES), str(weights))
@@ -117,7 +118,7 @@ class ViltEncoder(MultimodalEncoder):
     def tokenizer(self) -> ViltTokenizer:
         tok = ViltTokenizer(self.tokenizer_path or toy_vocab_dir(), self.max_text_length)
         if len(tok) > self.vilt.config.vocab_size:
-            raise ValueError(f"tokenizer has {len(tok)} tokens but ViLT embeds only {self.vilt.config.vocab_size}")
+            raise ConfigError(f"tokenizer has {len(tok)} tokens but ViLT embeds only {self.vilt.config.vocab_size}")
         return tok
 
     def uses_parameter(self, name: str) -> bool:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.config_errors import ConfigError
 from evf.sam.base import SAM_BACKENDS, SamBackend
 from evf.sam.efficientsam_model import CONFIGS, EfficientSam
 from evf.sam.sam2 import SquareStretchView  # HEAD's EfficientSAM view is SAM-2's
@@ -61,9 +62,9 @@ class EfficientSamBackend(SamBackend):
                  train_prompt_encoder: bool = True, train_mask_decoder: bool = True):
         super().__init__(train_prompt_encoder, train_mask_decoder)
         if variant not in CONFIGS:
-            raise ValueError(f"unknown EfficientSAM variant {variant!r}; choose from {sorted(CONFIGS)}")
+            raise ConfigError(f"unknown EfficientSAM variant {variant!r}; choose from {sorted(CONFIGS)}")
         if view not in VIEWS:
-            raise ValueError(f"unknown EfficientSAM view {view!r}; choose from {sorted(VIEWS)}")
+            raise ConfigError(f"unknown EfficientSAM view {view!r}; choose from {sorted(VIEWS)}")
         self.variant = variant
         self.view = view
         self.name = f"efficientsam_{variant}"

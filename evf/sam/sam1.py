@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.config_errors import ConfigError
 from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
 from evf.transforms import resize_longest_side_normalized
 
@@ -45,7 +46,7 @@ def build_sam1(variant: str):
     elif variant in VIT_SIZES:
         (dim, depth, heads, glob), img, patch, window, prompt_dim, mlp = VIT_SIZES[variant], 1024, 16, 14, 256, 2048
     else:
-        raise ValueError(f"unknown SAM-1 variant {variant!r}; choose from {['tiny', *VIT_SIZES]}")
+        raise ConfigError(f"unknown SAM-1 variant {variant!r}; choose from {['tiny', *VIT_SIZES]}")
     grid = img // patch
     return Sam(
         image_encoder=ImageEncoderViT(

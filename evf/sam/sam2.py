@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
+from evf.config_errors import ConfigError
 from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
 from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, to_rgb_uint8
 
@@ -58,7 +59,7 @@ class SquareStretchView:
 
     def __post_init__(self):
         if self.resize not in ("tensor", "pil"):
-            raise ValueError(f"resize must be 'tensor' or 'pil', got {self.resize!r}")
+            raise ConfigError(f"resize must be 'tensor' or 'pil', got {self.resize!r}")
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         image = to_rgb_uint8(image)
@@ -97,9 +98,9 @@ TOY_OVERRIDES = [
 def build_sam2_model(version: str, variant: str) -> nn.Module:
     """A random-weight ``SAM2Base`` from the package's own config (``variant="toy"``: Hiera-T shrunk)."""
     if version not in VERSIONS:
-        raise ValueError(f"unknown SAM-2 version {version!r}; choose from {sorted(VERSIONS)}")
+        raise ConfigError(f"unknown SAM-2 version {version!r}; choose from {sorted(VERSIONS)}")
     if variant != "toy" and variant not in VARIANTS:
-        raise ValueError(f"unknown SAM-2 variant {variant!r}; choose from {['toy', *VARIANTS]}")
+        raise ConfigError(f"unknown SAM-2 variant {variant!r}; choose from {['toy', *VARIANTS]}")
     import sam2  # noqa: F401  (initialises Hydra's config search path for sam2's configs)
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -139,7 +140,7 @@ class Sam2Backend(SamBackend):
                  stability_delta: float = 0.05, stability_thresh: float = 0.98):
         super().__init__(train_prompt_encoder, train_mask_decoder)
         if mask_selection not in MASK_SELECTIONS:
-            raise ValueError(f"mask_selection must be one of {MASK_SELECTIONS}, got {mask_selection!r}")
+            raise ConfigError(f"mask_selection must be one of {MASK_SELECTIONS}, got {mask_selection!r}")
         self.variant, self.version = variant, str(version)
         self.name = f"sam{self.version}_{variant}"
         self.mask_selection = mask_selection

@@ -13,6 +13,7 @@ import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from evf.config_errors import ConfigError
 from evf.data import Preprocessor
 from evf.registry import Registry
 
@@ -53,6 +54,9 @@ class RefSegDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
                  val_split: str = "val", test_split: str = "test", embedding_cache: str | None = None):
         super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_workers", num_workers)):
+            if value is not None and (not isinstance(value, int) or value < (0 if name == "num_workers" else 1)):
+                raise ConfigError(f"{name} must be {'>= 0' if name == 'num_workers' else 'a positive number'}, got {value!r}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers

@@ -12,6 +12,8 @@ import mmap
 import os
 import pickle
 import re
+import struct
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,28 +36,40 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model; the message names the file."""
 
 
-# torch's weights-only unpickler names the global a file asks for (builtins lose their module name)
+# torch's weights-only unpickler names the global a file asks for (builtins lose their module name) ...
 REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
+# ... or the object it would build or call with one
+REFUSED_CALL = ("Trying to call reduce for unrecognized function", "Can only create new object", "Can only build")
+TORCH_ADVICE = "  (Could this error message be improved?"
 
 
-def refused_code(path: Path, exc: Exception) -> CheckpointError | None:
-    """A checkpoint whose pickle asks for code (a global outside torch's weights-only set): say so and which global.
-    torch's own message advises loading it with ``weights_only=False``, i.e. running that code; it is not repeated."""
+def weights_only_refusal(path: Path, exc: Exception) -> CheckpointError | None:
+    """torch's weights-only unpickler refused the file: it asks for code (a global outside the allowed set: say so and
+    which), or it is not a pickle torch writes. torch's own message advises ``weights_only=False``, i.e. running
+    whatever the file holds; that advice is never repeated."""
     text = str(exc)
     if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
         return None
     found = REFUSED_GLOBAL.search(text)
-    if found:
-        name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
-        detail = f"it names the global '{name}'"
-    else:
-        detail = "its pickle uses instructions outside the weights-only set"
-    return CheckpointError(f"refused checkpoint {path}: it holds code, not only weights and plain data ({detail}); "
-                           "evf never runs code from a checkpoint")
+    if found or any(marker in text for marker in REFUSED_CALL):
+        name = found and (found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}")
+        detail = f"it names the global '{name}'" if name else "it builds objects other than tensors and containers"
+        return CheckpointError(f"refused checkpoint {path}: it holds code, not only weights and plain data ({detail}); "
+                               "evf never runs code from a checkpoint")
+    reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if "WeightsUnpickler error:" in text else ""
+    return CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint ({reason or 'unreadable pickle'})")
 
 
 def unreadable(path: Path, exc: Exception) -> CheckpointError:
-    return refused_code(path, exc) or CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line(exc, 200)}")
+    detail = first_line(exc, 300).split(TORCH_ADVICE)[0][:200]
+    kind = "struct.error" if isinstance(exc, struct.error) else type(exc).__name__  # a file too short for its header
+    return weights_only_refusal(path, exc) or CheckpointError(f"cannot read checkpoint {path}: {kind}: {detail}")
+
+
+def is_cut_zip(path: Path) -> bool:
+    """A zip archive (what torch.save writes) whose end, which holds the index, is missing: a copy cut short."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def read_checkpoint(path: str | os.PathLike, mapped: bool = False) -> object:
@@ -66,6 +80,8 @@ def read_checkpoint(path: str | os.PathLike, mapped: bool = False) -> object:
         return dict(iter_tensors(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if is_cut_zip(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupted (not a complete torch zip archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)  # noqa: TID251 - the one reader, weights only
     except Exception as exc:  # noqa: BLE001 (corrupt, truncated, or a pickle with forbidden globals)

@@ -2,15 +2,16 @@
 multi-line messages turned into one line that names the bad key and the nearest valid one."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from evf.errors import UserError, first_line
+from evf.errors import UserError, first_line, one_line, user_error_within
 
 FLAT_UNKNOWN = re.compile(r"does not accept option '([^']+)'")
 NESTED_UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
@@ -42,9 +43,27 @@ def read_yaml_file(path: str | os.PathLike, what: str = "config") -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path}: expected a mapping of sections (model:, data:, trainer: ...), "
-                          f"got a {type(data).__name__}")
+        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), type(data).__name__)
+        raise ConfigError(f"{what} {path}: expected a mapping of sections (model:, data:, trainer: ...), got a {kind}")
     return data
+
+
+@contextlib.contextmanager
+def building_from_config(where: str = "config") -> Iterator[None]:
+    """Objects built from a configuration: a ``ValueError`` there (a value a constructor refuses, e.g. an unknown
+    strategy name) or Lightning's ``MisconfigurationException`` (devices this machine lacks) is a configuration
+    mistake, raised as one ``ConfigError`` line. Errors while training keep their traceback."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, MisconfigurationException) as exc:
+        inner = user_error_within(exc)  # jsonargparse wraps a constructor's error in its own ValueError
+        if inner is not None:
+            raise inner from None
+        raise ConfigError(f"{where}: {first_listed_error(str(exc)) or one_line(exc)}") from None
 
 
 def config_file_arguments(args: Sequence[str]) -> list[str]:
@@ -52,6 +71,17 @@ def config_file_arguments(args: Sequence[str]) -> list[str]:
     paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
     paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
     return [p for p in paths if Path(p).is_file()]
+
+
+def name_config_files(explained: str, raw: str, args: Sequence[str]) -> str:
+    """``explained`` prefixed with the ``--config`` file(s) it comes from (jsonargparse names only the key), unless
+    the key was set on the command line or the message already names a file."""
+    files = config_file_arguments(args)
+    keys = PARSER_KEY.findall(raw) + FLAT_UNKNOWN.findall(raw)
+    given = {a.lstrip("-").split("=", 1)[0] for a in args if a.startswith("--")}
+    if not files or any(k in given for k in keys) or any(f in explained for f in files):
+        return explained
+    return f"config {' + '.join(files)}: {explained}"
 
 
 def parser_keys(parser) -> list[str]:
@@ -103,4 +133,23 @@ def explain_config_error(message: str, known_keys: Iterable[str] = ()) -> str:
         text = f"unknown config key '{option}'" + (f" under '{where}'" if where else "")
         hints = ([f"{owner} has no such argument"] if owner else []) + ([f"did you mean '{guess}'?"] if guess else [])
         return text + (f" ({'; '.join(hints)})" if hints else "")
+    reason = first_listed_error(message)
+    if reason:  # "Does not validate against any of the Union subtypes ... Errors: - <reason> - <reason>"
+        keys = PARSER_KEY.findall(message)
+        return (f'Parser key "{keys[0]}": ' if keys else "") + reason[:300]
     return " ".join(message.split())[:300]
+
+
+def first_listed_error(message: str) -> str | None:
+    """The first item (with its continuation lines) of jsonargparse's ``Errors:`` list, as one line."""
+    lines = message.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Errors:"), None)
+    if start is None or start + 1 >= len(lines) or not lines[start + 1].strip().startswith("- "):
+        return None
+    item = [lines[start + 1].strip()[2:]]
+    indent = len(lines[start + 1]) - len(lines[start + 1].lstrip())
+    for line in lines[start + 2:]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        item.append(line.strip())
+    return " ".join(item)

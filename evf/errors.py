@@ -42,6 +42,18 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def user_error_within(exc: BaseException) -> UserError | None:
+    """The ``UserError`` that ``exc`` was raised while handling, if any (libraries such as jsonargparse wrap a
+    constructor's error in their own)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes become one ``evf: error:`` line like every other bad input (no usage dump)."""
 

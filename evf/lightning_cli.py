@@ -34,7 +34,15 @@ from lightning.pytorch.cli import LightningCLI
 
 from datamodules.base import RefSegDataModule
 from evf.checkpoint import CheckpointError, read_checkpoint
-from evf.config_errors import ConfigError, config_file_arguments, explain_config_error, parser_keys, read_yaml_file
+from evf.config_errors import (
+    ConfigError,
+    building_from_config,
+    config_file_arguments,
+    explain_config_error,
+    name_config_files,
+    parser_keys,
+    read_yaml_file,
+)
 from evf.io import write_text_atomic
 from evf.locks import is_rank_zero, run_dir_lock
 from evf.module import EVFSAMModule
@@ -108,20 +116,22 @@ def check_checkpoint_file(ckpt_path: str | None) -> None:
 
 class EvfCLI(LightningCLI):
     metrics_path: str | None = None  # where test metrics go (set from --metrics_file / --run_dir)
+    config_files: tuple[str, ...] = ()  # the --config files, named by configuration errors
 
     def __init__(self, *args, locks: contextlib.ExitStack | None = None, **kwargs):
         self.locks = locks if locks is not None else contextlib.ExitStack()  # held until the command ends
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        # one line naming the bad key (+ the nearest valid one) instead of jsonargparse's usage dump; a YAML
-        # file that cannot be read is named first (jsonargparse's own message does not say which file)
-        for path in config_file_arguments(sys.argv[1:] if args is None else args if isinstance(args, list) else []):
-            read_yaml_file(path)
+        # one line naming the bad key (+ the nearest valid one) and the --config file(s) instead of jsonargparse's
+        # usage dump (a file that is not YAML was refused before, by run_lightning_cli)
+        argv = sys.argv[1:] if args is None else args if isinstance(args, list) else []
+        self.config_files = tuple(config_file_arguments(argv))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as exc:
-            raise ConfigError(explain_config_error(str(exc), parser_keys(parser))) from None
+            explained = explain_config_error(str(exc), parser_keys(parser))
+            raise ConfigError(name_config_files(explained, str(exc), argv)) from None
         subcommand = self.config.get("subcommand")
         if subcommand:  # before Lightning reads the checkpoint's hyper-parameters
             check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
@@ -139,10 +149,18 @@ class EvfCLI(LightningCLI):
         parser.add_argument("--save_predictions", type=bool, default=False,
                             help="write per-sample results to RUN_DIR/predictions/<test set>.jsonl")
 
+    def instantiate_classes(self) -> None:
+        where = f"config {' + '.join(self.config_files)}" if self.config_files else "config"
+        with building_from_config(where):  # a value the model, datamodule or trainer refuses: one line
+            super().instantiate_classes()
+
     # -- config rewriting (same on every rank, before anything is built) ----------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         trainer = cfg.trainer
+        if not isinstance(trainer, Namespace):  # jsonargparse lets a YAML "trainer: [1, 2]" replace the whole group
+            where = f"config {' + '.join(self.config_files)}: " if self.config_files else ""
+            raise ConfigError(f"{where}'trainer' must be a mapping of arguments, got {trainer!r:.60}")
         run_dir = cfg.get("run_dir")
         if run_dir:
             if is_rank_zero():  # before anything is written there; the other ranks write under rank 0's lock
@@ -265,6 +283,11 @@ def own_metrics_file(metrics_file: str | None, run_dir: str) -> str:
 
 
 def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:
+    for path in config_file_arguments(argv):  # jsonargparse's message would not say which file is not YAML
+        data = read_yaml_file(path)
+        for group in ("model", "trainer"):  # jsonargparse would drop such a value silently once --trainer.x is given
+            if data.get(group) is not None and not isinstance(data[group], dict):
+                raise ConfigError(f"config {path}: '{group}' must be a mapping of arguments, got {data[group]!r:.60}")
     torch.set_float32_matmul_precision("high")
     # LightningCLI warns when given args that merely repeat the command line: pass None then.
     args = None if list(argv) == sys.argv[1:] else list(argv)

@@ -152,8 +152,10 @@ def check_release_config(config: object, config_file: Path) -> dict:
         raise CheckpointError(f"{config_file}: unsupported architecture {arch!r}; known: {sorted(OFFICIAL_BACKENDS)}")
     scales = OFFICIAL_BACKENDS[arch][1]
     sam_scale = config.get("sam_scale")
+    if sam_scale is None:
+        raise CheckpointError(f"{config_file}: no sam_scale for {arch}; known: {sorted(scales)}")
     if not isinstance(sam_scale, str) or sam_scale not in scales:
-        shown = repr(sam_scale) if isinstance(sam_scale, str) or sam_scale is None else json_value(sam_scale)
+        shown = repr(sam_scale) if isinstance(sam_scale, str) else json_value(sam_scale)
         raise CheckpointError(f"{config_file}: unsupported sam_scale {shown} for {arch}; known: {sorted(scales)}")
     size = config.get("mm_extractor_scale", "large")
     if not isinstance(size, str) or size not in BEIT3_CONFIGS:

@@ -37,7 +37,7 @@ def build_from_configs(paths: Sequence[str]):
     from lightning.pytorch import seed_everything
 
     from datamodules.base import RefSegDataModule
-    from evf.config_errors import read_yaml_file
+    from evf.config_errors import building_from_config, read_yaml_file
     from evf.module import EVFSAMModule
 
     parser = ArgumentParser(exit_on_error=False, parser_mode="omegaconf")
@@ -57,7 +57,8 @@ def build_from_configs(paths: Sequence[str]):
     seed = cfg.seed_everything
     if seed is not False:
         seed_everything(seed if isinstance(seed, int) and not isinstance(seed, bool) else None, workers=True)
-    objects = parser.instantiate_classes(cfg)
+    with building_from_config(f"config {paths[-1]}"):
+        objects = parser.instantiate_classes(cfg)
     return objects.model.model, objects.data
 
 

@@ -126,7 +126,7 @@ def module_from_config(config: Path):
     """An untrained ``EVFSAMModule`` built from the ``model:`` section of a LightningCLI YAML."""
     from jsonargparse import ArgumentParser
 
-    from evf.config_errors import explain_config_error, read_yaml_file
+    from evf.config_errors import building_from_config, explain_config_error, read_yaml_file
     from evf.module import EVFSAMModule
 
     data = read_yaml_file(config)
@@ -138,15 +138,17 @@ def module_from_config(config: Path):
         parsed = parser.parse_object({"model": data["model"]})
     except Exception as exc:  # noqa: BLE001 (jsonargparse raises ArgumentError, but also TypeError/ValueError)
         raise UserError(f"config {config}: {explain_config_error(str(exc))}") from None
-    return parser.instantiate_classes(parsed).model
+    with building_from_config(f"config {config}"):
+        return parser.instantiate_classes(parsed).model
 
 
 def load_lightning_checkpoint(ckpt: Path, config: Path | None):
     """The ``EVFSAM`` inside a ``.ckpt``, restored through ``EVFSAMModule``'s own checkpoint hooks."""
-    module = module_from_config(config or find_run_config(ckpt))
-    checkpoint = read_checkpoint(ckpt)
+    config = config or find_run_config(ckpt)
+    checkpoint = read_checkpoint(ckpt)  # before the model is built: a bad file fails fast
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt} is not a Lightning checkpoint (no 'state_dict')")
+    module = module_from_config(config)
     module.on_load_checkpoint(checkpoint)  # lets the module restore what it left out (e.g. frozen weights)
     module.checkpoint_source = str(ckpt)  # named by its error if the weights do not fit
     module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)

@@ -49,21 +49,21 @@ def read_yaml_file(path: str | os.PathLike, what: str = "config") -> dict:
 
 
 @contextlib.contextmanager
-def building_from_config(where: str = "config") -> Iterator[None]:
-    """Objects built from a configuration: a ``ValueError`` there (a value a constructor refuses, e.g. an unknown
-    strategy name) or Lightning's ``MisconfigurationException`` (devices this machine lacks) is a configuration
-    mistake, raised as one ``ConfigError`` line. Errors while training keep their traceback."""
+def building_from_config(where: str | None = None) -> Iterator[None]:
+    """Objects built from a configuration (``where``, e.g. ``config a.yaml``, prefixes the message): a ``ValueError``
+    there (a value a constructor refuses, e.g. an unknown strategy name) or Lightning's ``MisconfigurationException``
+    (devices this machine lacks) is a configuration mistake, raised as one ``ConfigError`` line. A ``UserError``
+    about another file (a dataset's, a checkpoint) passes unchanged. Errors while training keep their traceback."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         yield
-    except UserError:
-        raise
     except (ValueError, MisconfigurationException) as exc:
         inner = user_error_within(exc)  # jsonargparse wraps a constructor's error in its own ValueError
-        if inner is not None:
+        if inner is not None and not isinstance(inner, ConfigError):
             raise inner from None
-        raise ConfigError(f"{where}: {first_listed_error(str(exc)) or one_line(exc)}") from None
+        reason = str(inner) if inner is not None else first_listed_error(str(exc)) or one_line(exc)
+        raise ConfigError(f"{where}: {reason}" if where else reason) from None
 
 
 def config_file_arguments(args: Sequence[str]) -> list[str]:

@@ -150,7 +150,7 @@ class EvfCLI(LightningCLI):
                             help="write per-sample results to RUN_DIR/predictions/<test set>.jsonl")
 
     def instantiate_classes(self) -> None:
-        where = f"config {' + '.join(self.config_files)}" if self.config_files else "config"
+        where = f"config {' + '.join(self.config_files)}" if self.config_files else None
         with building_from_config(where):  # a value the model, datamodule or trainer refuses: one line
             super().instantiate_classes()
 

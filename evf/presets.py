@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from evf.checkpoint import CheckpointError
+from evf.config_errors import ConfigError
 from evf.encoders import ENCODERS
 from evf.model import EVFSAM
 from evf.sam import SAM_BACKENDS
@@ -103,7 +104,7 @@ def get_preset(name: str) -> Preset:
     presets = all_presets()
     if name not in presets:
         close = difflib.get_close_matches(str(name), presets, n=1)
-        raise ValueError(f"unknown model preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        raise ConfigError(f"unknown model preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                          + "; evf.list_models() lists them")
     return presets[name]
 
@@ -133,7 +134,7 @@ def create_model(name: str, checkpoint: str | None = None, encoder: dict[str, An
     if checkpoint is None:
         return EVFSAM(ENCODERS.create(preset.encoder, **encoder_args), SAM_BACKENDS.create(preset.sam, **sam_args), **model_args)
     if "checkpoint" in (encoder or {}) or "checkpoint" in (sam or {}):
-        raise ValueError(f"create_model({name!r}): give weights as a release folder (checkpoint=) or per plugin, not both")
+        raise ConfigError(f"create_model({name!r}): give weights as a release folder (checkpoint=) or per plugin, not both")
     return load_release_into_preset(name, preset, Path(checkpoint), encoder_args, sam_args, model_args)
 
 

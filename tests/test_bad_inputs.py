@@ -316,7 +316,7 @@ def test_lightning_wrong_architecture_checkpoint(fitted, tmp_path, capsys):
     bad = tmp_path / "other.ckpt"
     torch.save(checkpoint, bad)
     code = evf(["validate", "--config", str(config), "--ckpt_path", str(bad)])
-    assert_one_line_error(code, capsys.readouterr().err, "projector.0.weight")
+    assert_one_line_error(code, capsys.readouterr().err, f"{bad} does not fit the model built from its config", "projector.0.weight")
 
 
 def test_lightning_output_folder_not_writable(fitted, tmp_path, capsys):

@@ -81,6 +81,8 @@ def work(tmp_path):
     write_image(tmp_path / "image.png", size=(64, 64))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "overlay.png").write_bytes(b"an earlier result")
+    manifest = {"format": 1, "status": "complete", "files": ["overlay.png"]}  # the earlier call's: evf's to replace
+    (tmp_path / "out" / "predictions.json").write_text(json.dumps(manifest))
     return tmp_path
 
 

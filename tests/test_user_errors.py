@@ -47,6 +47,8 @@ def work(tmp_path):
     write_image(tmp_path / "image.png", size=(64, 64))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "overlay.png").write_bytes(b"earlier result")
+    manifest = {"format": 1, "status": "complete", "files": ["overlay.png"]}  # the earlier call's: evf's to replace
+    (tmp_path / "out" / "predictions.json").write_text(json.dumps(manifest))
     return tmp_path
 
 
@@ -210,7 +212,7 @@ def test_the_table_metrics_are_the_ones_evf_computes():
 @pytest.mark.parametrize("command, hook, error", [("fit", "training_step", RuntimeError),
                                                   ("validate", "validation_step", ValueError)])
 def test_a_bug_in_training_code_keeps_its_traceback(fit_config, tmp_path, monkeypatch, capsys, command, hook, error):
-    from evf.lightning import EVFSAMModule
+    from evf.module import EVFSAMModule
 
     def broken(self, batch, batch_idx):
         raise error("a bug in a step, not bad input")

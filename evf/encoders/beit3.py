@@ -103,7 +103,7 @@ class Beit3Encoder(MultimodalEncoder):
         """The first embedding row the tokenizer never emits (BEiT-3's sentencepiece vocabulary has no [MASK])."""
         mask_id = len(self.tokenizer)
         if mask_id >= self.cfg.vocab_size:
-            raise ValueError(f"no free embedding row for [MASK]: tokenizer has {mask_id} of {self.cfg.vocab_size}")
+            raise ConfigError(f"no free embedding row for [MASK]: tokenizer has {mask_id} of {self.cfg.vocab_size}")
         return mask_id
 
     def encode(self, images=None, input_ids=None, padding_mask=None) -> torch.Tensor:

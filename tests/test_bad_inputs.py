@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from evf.cli import main as evf
+from tests.cli_helpers import assert_one_line_error, snapshot
 from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,20 +50,6 @@ def out(tmp_path):
     files = ["00_the-square.png", "overlay.png"]  # the earlier call's manifest: these files are evf's to replace
     (folder / "predictions.json").write_text(json.dumps({"format": 1, "status": "complete", "files": files}))
     return folder
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("evf: error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 def predict_args(checkpoint, image, out, *prompts, extra=()):

@@ -19,7 +19,7 @@ import pytest
 from evf.cli import main as evf
 from evf.locks import FolderLock
 from evf.output_set import LOCK_NAME, MANIFEST_NAME
-from tests.test_bad_inputs import assert_one_line_error, snapshot
+from tests.cli_helpers import assert_one_line_error, snapshot
 from tests.tiny_artifacts import write_image, write_release_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 
 from evf.cli import main as evf
 from evf.errors import UserError, first_line, is_user_error, one_line
-from tests.test_bad_inputs import assert_one_line_error
+from tests.cli_helpers import assert_one_line_error
 from tests.tiny_artifacts import write_fit_config, write_image, write_release_folder
 
 

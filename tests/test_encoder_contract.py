@@ -1,7 +1,6 @@
 """One contract over every registered multimodal encoder x mode (x feature), on the tiny variants."""
 from __future__ import annotations
 
-import contextlib
 import pickle
 
 import numpy as np
@@ -9,75 +8,17 @@ import pytest
 import torch
 
 from evf.encoders import ENCODERS, Beit3Encoder
-
-TEXTS = ["the red square on the left", "circle", "the largest blue triangle next to the small green star"]
-TOL = 1e-5
-
-
-def cases():
-    out = []
-    for name in ENCODERS:
-        cls = ENCODERS.get(name).cls
-        for mode in cls.MODES:
-            for feature in cls.FEATURES.get(mode, (None,)):
-                out.append(pytest.param(name, mode, feature, id=f"{name}-{mode}" + (f"-{feature}" if feature else "")))
-    return out
-
-
-def build(name: str, mode: str, feature: str | None):
-    torch.manual_seed(0)
-    kwargs = {"mode": mode} | ({"feature": feature} if feature else {})
-    return ENCODERS.create(name, tiny=True, **kwargs)
-
-
-def images(encoder, n: int, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    view = encoder.image_view
-    return torch.stack([view(rng.integers(0, 256, size=(40 + 7 * i, 52, 3), dtype=np.uint8)) for i in range(n)])
-
-
-def tokens(encoder, texts):
-    t = encoder.tokenizer(texts)
-    return t["input_ids"], t["padding_mask"]
-
-
-def run(encoder, imgs, ids, pad):
-    with torch.no_grad():
-        return encoder(imgs, ids, pad)
-
-
-@contextlib.contextmanager
-def token_tables(encoder, ids: torch.Tensor):
-    """Yields the list of embedding tables that forward calls inside the block index with ``ids``: found by
-    running the encoder, so no plugin's parameter names are listed here."""
-    found = []
-
-    def record(module, args, _):
-        if args and torch.is_tensor(args[0]) and args[0].dtype == ids.dtype and torch.equal(args[0], ids):
-            found.append(module)
-
-    hooks = [m.register_forward_hook(record) for m in encoder.modules() if isinstance(m, torch.nn.Embedding)]
-    try:
-        yield found
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def check_inputs_reach_the_feature(enc, mode: str) -> set[str]:
-    """One backward pass from the feature: the text tokens' embedding rows and (exactly when the mode uses the
-    image) the image pixels get a gradient through the whole stack. Returns the parameters the gradient touched."""
-    ids, pad = tokens(enc, TEXTS)
-    imgs = images(enc, len(TEXTS)).requires_grad_(True)
-    with token_tables(enc, ids) as tables:
-        out = enc(imgs, ids, pad)
-    (out * torch.randn_like(out)).sum().backward()
-    assert tables, f"{type(enc).__name__}: no nn.Embedding was called on the token ids"
-    assert any(t.weight.grad is not None and t.weight.grad[ids[~pad]].abs().sum() > 0 for t in tables), \
-        "the feature's gradient must reach the embeddings of the text tokens"
-    image_reached = imgs.grad is not None and bool(imgs.grad.abs().sum() > 0)
-    assert image_reached == enc.uses_image, f"{mode}: image reaches the feature: {image_reached}, uses_image: {enc.uses_image}"
-    return {n for n, p in enc.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+from tests.contracts import (
+    TEXTS,
+    TOL,
+    build,
+    cases,
+    check_encoder_gradients,
+    check_inputs_reach_the_feature,
+    images,
+    run,
+    tokens,
+)
 
 
 def test_builtin_encoders_are_registered():
@@ -99,13 +40,7 @@ def test_output_width_and_preprocessing_are_picklable(name, mode, feature):
 
 @pytest.mark.parametrize("name,mode,feature", cases())
 def test_gradients_reach_the_inputs_and_only_used_parameters(name, mode, feature):
-    enc = build(name, mode, feature).train()
-    touched = check_inputs_reach_the_feature(enc, mode)
-    named = dict(enc.named_parameters())
-    assert {n for n, p in named.items() if p.requires_grad} == set(enc.used_parameters())  # the rest starts frozen
-    # plain DDP stops on a trainable parameter without a gradient: there must be none
-    assert {n for n, p in named.items() if p.grad is not None} == set(enc.used_parameters())
-    assert touched <= set(enc.used_parameters()), f"parameters run but not counted: {sorted(touched - set(enc.used_parameters()))[:3]}"
+    check_encoder_gradients(name, mode, feature)
 
 
 def test_the_input_check_fails_when_the_image_never_reaches_the_feature():

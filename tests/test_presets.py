@@ -228,7 +228,7 @@ def test_sam2_versions_are_told_apart_by_the_weights(tmp_path):
 # -- discovery -----------------------------------------------------------------------------------
 def test_a_plugin_registered_with_one_line_is_discovered(monkeypatch, rgb_image):
     """One registration line (the decorator) puts a plugin into the contract tests' parametrisation and the presets."""
-    from tests import test_encoder_contract, test_sam_backends, test_trainable_contract
+    from tests import contracts
 
     monkeypatch.setattr(ENCODERS, "entries", dict(ENCODERS.entries))  # restored after the test
     monkeypatch.setattr(SAM_BACKENDS, "entries", dict(SAM_BACKENDS.entries))
@@ -242,8 +242,8 @@ def test_a_plugin_registered_with_one_line_is_discovered(monkeypatch, rgb_image)
         pass
 
     assert {"tiny-beit3copy-sam1", "tiny-beit3-sam1copy"} <= set(evf.list_models("tiny-*"))
-    assert {c.values[0] for c in test_encoder_contract.cases()} >= {"beit3copy"}
-    test_encoder_contract.test_gradients_reach_the_inputs_and_only_used_parameters("beit3copy", "early", "image_cls")
-    test_sam_backends.test_backend_contract_shapes_and_prompt_grouping("sam1copy", rgb_image)
-    test_trainable_contract.test_every_trainable_parameter_gets_a_gradient("tiny-beit3-sam1copy")
+    assert {c.values[0] for c in contracts.cases()} >= {"beit3copy"}
+    contracts.check_encoder_gradients("beit3copy", "early", "image_cls")
+    contracts.check_backend_contract("sam1copy", rgb_image)
+    contracts.check_trainable_gradients("tiny-beit3-sam1copy")
     assert type(evf.create_model("tiny-beit3copy-sam1").encoder) is Beit3Copy

@@ -19,6 +19,7 @@ from evf.sam.efficientsam import LongestSideStretchView
 from evf.sam.sam2 import SquareStretchView
 from evf.tokenizer import SPM_FILENAME, toy_tokenizer_dir
 from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255
+from tests.contracts import check_backend_contract
 
 BACKENDS = list(SAM_BACKENDS)
 
@@ -40,21 +41,7 @@ def test_every_builtin_backend_is_registered():
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_contract_shapes_and_prompt_grouping(name, rgb_image):
-    sam = tiny(name).eval()
-    image, input_size = sam.image_view(rgb_image)
-    assert image.shape == (3, sam.image_size, sam.image_size) and image.dtype == torch.float32
-    assert all(0 < s <= sam.image_size for s in input_size)
-    emb = sam.embed_images(torch.stack([image, image.flip(-1)]))
-    assert emb.shape[0] == 2 and not emb.requires_grad
-    tokens = torch.randn(3, 1, sam.prompt_dim)
-    logits, iou = sam.decode(emb[:2], tokens[:2])
-    assert logits.dim() == 4 and logits.shape[:2] == (2, 1) and iou.shape == (2, 1)
-    # N prompts on ONE embedding == each prompt with its own copy of that embedding
-    shared, _ = sam.decode(emb[:1], tokens)
-    paired, _ = sam.decode(emb[:1].expand(3, *emb.shape[1:]).contiguous(), tokens)
-    torch.testing.assert_close(shared, paired, atol=1e-5, rtol=1e-5)
-    full = sam.postprocess(logits[0, 0], input_size, rgb_image.shape[:2])
-    assert full.shape == rgb_image.shape[:2] and full.dtype == torch.float32
+    check_backend_contract(name, rgb_image)
 
 
 @pytest.mark.parametrize("name", BACKENDS)

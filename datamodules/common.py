@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from datamodules.augment import Augmenter, build_augmentation
 from datamodules.base import RefSegDataModule
 from evf.errors import UserError, first_line
-from evf.io import make_temp_sibling, read_image
+from evf.io import generated_dir, make_temp_sibling, read_image
 from evf.tokenizer import SEMANTIC_TOKEN
 
 FIXTURE_ROOT = "fixture"  # root: fixture -> a tiny generated copy of the dataset in its real format
@@ -190,16 +190,16 @@ def resolve_root(root: str | os.PathLike, fixture: str) -> Path:
     """``root`` as a checked folder; ``"fixture"`` writes (once) and returns the tiny generated copy."""
     if str(root) != FIXTURE_ROOT:
         return require_dir(root, "dataset root")
-    cache = Path(os.environ.get("EVF_CACHE", Path.home() / ".cache" / "evf")) / "fixtures" / fixture
-    if not cache.is_dir():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_sibling(cache, folder=True)  # the umask applies (mkdtemp would make it 0700)
+    target = generated_dir() / "fixtures" / fixture
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_sibling(target, folder=True)  # the umask applies (mkdtemp would make it 0700)
         importlib.import_module(f"datamodules.testing.{fixture}").write(tmp)
         try:
-            os.replace(tmp, cache)
+            os.replace(tmp, target)
         except OSError:  # a concurrent writer won; its copy is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    return cache
+    return target
 
 
 class FileDataModule(RefSegDataModule):

@@ -142,6 +142,17 @@ def make_temp_sibling(path: Path, folder: bool) -> Path:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+
+GENERATED_ENV = "EVF_GENERATED"
+
+
+def generated_dir() -> Path:
+    """Where evf keeps files it generates once and reuses: the toy tokenizer and vocabulary of the tiny models and
+    the datasets' tiny fixtures. ``$EVF_GENERATED``, else ``~/.local/share/evf/generated``. (The embedding cache
+    of ``evf cache`` is another thing: it lives wherever ``--out`` puts it.)"""
+    return Path(os.environ.get(GENERATED_ENV) or Path.home() / ".local" / "share" / "evf" / "generated")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; it replaces ``path`` only if the block finishes.

@@ -18,7 +18,7 @@ import torch
 
 from evf.config_errors import ConfigError
 from evf.errors import UserError, first_line
-from evf.io import atomic_path, make_temp_sibling
+from evf.io import atomic_path, generated_dir, make_temp_sibling
 
 SEMANTIC_TOKEN = "[semantic]"
 SPM_FILENAME = "sentencepiece.bpe.model"
@@ -127,7 +127,7 @@ class XlmrTokenizer:
         return pad_sequences([self.encode(t) for t in texts], self.pad_id)
 
 
-def train_sentencepiece(sentences: Iterable[str], vocab_size: int = 96, cache_dir: str | os.PathLike | None = None) -> Path:
+def train_sentencepiece(sentences: Iterable[str], vocab_size: int = 96, generated: str | os.PathLike | None = None) -> Path:
     """Train a small sentencepiece model (for tests and the synthetic dataset); returns its folder.
 
     Results are cached by a hash of the corpus so repeated runs reuse one file. Uses
@@ -137,7 +137,7 @@ def train_sentencepiece(sentences: Iterable[str], vocab_size: int = 96, cache_di
 
     sentences = list(sentences)
     key = hashlib.sha1(("\n".join(sentences) + f"|{vocab_size}").encode()).hexdigest()[:16]
-    root = Path(cache_dir or os.environ.get("EVF_CACHE", Path.home() / ".cache" / "evf")) / "spm" / key
+    root = Path(generated or generated_dir()) / "spm" / key
     if (root / SPM_FILENAME).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -165,13 +165,13 @@ TOY_WORDS = (  # noqa: SIM905 - a sentence reads better than a 100-item list
 ).split()
 
 
-def toy_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+def toy_tokenizer_dir(generated: str | os.PathLike | None = None) -> Path:
     """Folder of the built-in toy tokenizer (trained once, then cached), laid out as a multitask release:
     the sentencepiece model plus ``added_tokens.json`` making ``[semantic]`` one token."""
     words = list(TOY_WORDS)
     sentences = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
     sentences += [w for w in words] * 4
-    folder = train_sentencepiece(sentences, vocab_size=160, cache_dir=cache_dir)
+    folder = train_sentencepiece(sentences, vocab_size=160, generated=generated)
     if not (folder / ADDED_TOKENS_FILENAME).is_file():  # caches made before the file existed get it now
         write_semantic_token_file(folder)
     return folder

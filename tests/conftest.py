@@ -15,10 +15,10 @@ torch.set_num_threads(1)  # the CI machine has 2 cores; parallel BLAS threads on
 
 
 @pytest.fixture(scope="session", autouse=True)
-def evf_cache(tmp_path_factory):
-    """Keep the toy tokenizer (and anything else cached) inside the test session's temp dir."""
-    path = tmp_path_factory.mktemp("evf-cache")
-    os.environ["EVF_CACHE"] = str(path)
+def evf_generated(tmp_path_factory):
+    """Keep the generated toy tokenizer, vocabulary and dataset fixtures inside the test session's temp dir."""
+    path = tmp_path_factory.mktemp("evf-generated")
+    os.environ["EVF_GENERATED"] = str(path)
     return path
 
 

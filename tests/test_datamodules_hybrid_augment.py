@@ -118,7 +118,7 @@ def test_check_reports_problems_and_exit_codes(roots, tmp_path, capsys):
 
 
 def test_every_registered_datamodule_loads_its_tiny_variant(tmp_path, monkeypatch):
-    monkeypatch.setenv("EVF_CACHE", str(tmp_path))
+    monkeypatch.setenv("EVF_GENERATED", str(tmp_path))
     for name in DATAMODULES:
         dm = DATAMODULES.create(name, tiny=True)
         for split, train in ((dm.train_split, True), (dm.val_split, False)):
@@ -153,7 +153,7 @@ def test_eval_experiment_files_load_on_fixtures(tmp_path, monkeypatch):
     from datamodules.base import RefSegDataModule
     from evf.lightning_cli import build_datamodule, import_class
 
-    monkeypatch.setenv("EVF_CACHE", str(tmp_path))
+    monkeypatch.setenv("EVF_GENERATED", str(tmp_path))
     files = sorted((Path(__file__).parents[1] / "experiments" / "eval").glob("*.yaml"))
     assert [f.stem for f in files] == ["ade20k", "pascal_part", "refcoco"]
     parser = ArgumentParser()

@@ -25,6 +25,7 @@ import torch
 from evf.checkpoint import CheckpointError, load_into, load_state_dict, select_prefix
 from evf.config_errors import ConfigError
 from evf.encoders.base import ENCODERS, MultimodalEncoder
+from evf.io import generated_dir
 from evf.tokenizer import TOY_WORDS, pad_sequences
 from evf.transforms import StretchView
 
@@ -36,9 +37,9 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TEXT, IMAGE = 0, 1  # ViLT's modality-type ids
 
 
-def toy_vocab_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+def toy_vocab_dir(generated: str | os.PathLike | None = None) -> Path:
     """Folder with a small WordPiece ``vocab.txt`` (BERT specials + the toy words) for tests."""
-    root = Path(cache_dir or os.environ.get("EVF_CACHE", Path.home() / ".cache" / "evf")) / "vilt-toy-vocab"
+    root = Path(generated or generated_dir()) / "vilt-toy-vocab"
     vocab = root / "vocab.txt"
     if not vocab.is_file():
         root.mkdir(parents=True, exist_ok=True)

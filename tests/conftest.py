@@ -36,3 +36,34 @@ def tiny_model():
 def rgb_image():
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A tiny official-format EVF-SAM release folder (one per test module: tests may alter their copy)."""
+    from tests.tiny_artifacts import write_release_folder
+
+    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
+
+
+@pytest.fixture(scope="module")
+def fit_config(tmp_path_factory):
+    """A tiny ``evf fit`` YAML (model, synthetic data, CPU trainer) with its SAM weights file."""
+    from tests.tiny_artifacts import write_fit_config
+
+    return write_fit_config(tmp_path_factory.mktemp("fit"))
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A folder with ``image.png`` and an ``out/`` holding an earlier ``evf predict`` call's outputs and manifest."""
+    import json
+
+    from tests.tiny_artifacts import write_image
+
+    write_image(tmp_path / "image.png", size=(64, 64))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "overlay.png").write_bytes(b"an earlier result")
+    manifest = {"format": 1, "status": "complete", "files": ["overlay.png"]}  # the earlier call's: evf's to replace
+    (tmp_path / "out" / "predictions.json").write_text(json.dumps(manifest))
+    return tmp_path

@@ -25,11 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -- fixtures and helpers -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
-
-
-@pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     _, ckpt, config = tiny_fit(tmp_path_factory.mktemp("fit"))
     return ckpt, config

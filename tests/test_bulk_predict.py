@@ -16,17 +16,12 @@ from evf.cli import main as evf
 from evf.io import read_image
 from tests.cli_helpers import assert_one_line_error
 from tests.test_predict import assert_outputs_match
-from tests.tiny_artifacts import write_image, write_release_folder
+from tests.tiny_artifacts import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["the red square", "blue"]
 # relative path -> (size, write_image kind); one image in a sub-folder, sizes and channel counts differ
 IMAGES = {"a.png": ((40, 56), "rgb"), "b.png": ((30, 64), "gray"), "sub/c.png": ((48, 36), "rgba")}
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
 
 
 @pytest.fixture(scope="module")

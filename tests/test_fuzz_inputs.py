@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from evf.cli import main as evf
-from tests.tiny_artifacts import write_fit_config, write_image, write_release_folder
 
 RNG = random.Random(14)  # issue 14
 
@@ -60,30 +59,10 @@ def assert_refused(capsys, args: list[str], folder: Path, bad_file: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
-
-
-@pytest.fixture(scope="module")
-def fit_config(tmp_path_factory):
-    return write_fit_config(tmp_path_factory.mktemp("fit"))
-
-
-@pytest.fixture(scope="module")
 def refer_root(tmp_path_factory):
     from datamodules.testing.refcoco import write
 
     return write(tmp_path_factory.mktemp("refer"))["root"]
-
-
-@pytest.fixture
-def work(tmp_path):
-    write_image(tmp_path / "image.png", size=(64, 64))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "overlay.png").write_bytes(b"an earlier result")
-    manifest = {"format": 1, "status": "complete", "files": ["overlay.png"]}  # the earlier call's: evf's to replace
-    (tmp_path / "out" / "predictions.json").write_text(json.dumps(manifest))
-    return tmp_path
 
 
 def predict(checkpoint: Path, work: Path, image: Path | None = None, extra=()) -> list[str]:

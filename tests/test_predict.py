@@ -11,14 +11,9 @@ from evf.cli import main as evf
 from evf.commands.predict import COLOURS, mask_names, overlay, slug
 from evf.io import read_image
 from evf.output_set import MANIFEST_NAME
-from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
+from tests.tiny_artifacts import tiny_fit, write_image
 
 PROMPTS = ["the red square", "the largest circle on the left", "blue"]
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,9 @@ from evf.cli import main as evf
 from evf.locks import FolderLock
 from evf.output_set import LOCK_NAME, MANIFEST_NAME
 from tests.cli_helpers import assert_one_line_error, snapshot
-from tests.tiny_artifacts import write_image, write_release_folder
+from tests.tiny_artifacts import write_image
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from datamodules.testing import refcoco as refcoco_fixture
 from evf.cli import main as evf
 from evf.io import ImageReadError, read_image
 from evf.safe_pickle import loads_plain
-from tests.tiny_artifacts import write_release_folder
 
 ORIENTATION = 0x0112
 # EXIF orientation -> how to turn the stored pixels upright, written out with numpy (EXIF 2.3, tag 274)
@@ -70,11 +69,6 @@ def save_with_orientation(path: Path, array: np.ndarray, orientation: int) -> Pa
 def max_diff(a: np.ndarray, b: np.ndarray) -> int:
     assert a.shape == b.shape, (a.shape, b.shape)
     return int(np.abs(a.astype(int) - b.astype(int)).max())
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
 
 
 def one_error_line(code: int, err: str) -> str:

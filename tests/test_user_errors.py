@@ -17,7 +17,6 @@ import torch
 from evf.cli import main as evf
 from evf.errors import UserError, first_line, is_user_error, one_line
 from tests.cli_helpers import assert_one_line_error
-from tests.tiny_artifacts import write_fit_config, write_image, write_release_folder
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -30,26 +29,6 @@ def fails_in_one_line(capsys, args, folder: Path, *needles: str) -> str:
     line = assert_one_line_error(evf(args), capsys.readouterr().err, *needles)
     assert tree(folder) == before  # nothing written, nothing left behind
     return line
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return write_release_folder(tmp_path_factory.mktemp("release") / "evf-sam-tiny")
-
-
-@pytest.fixture(scope="module")
-def fit_config(tmp_path_factory):
-    return write_fit_config(tmp_path_factory.mktemp("fit"))
-
-
-@pytest.fixture
-def work(tmp_path):
-    write_image(tmp_path / "image.png", size=(64, 64))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "overlay.png").write_bytes(b"earlier result")
-    manifest = {"format": 1, "status": "complete", "files": ["overlay.png"]}  # the earlier call's: evf's to replace
-    (tmp_path / "out" / "predictions.json").write_text(json.dumps(manifest))
-    return tmp_path
 
 
 def predict(checkpoint, work: Path, *prompts, extra=()) -> list[str]:

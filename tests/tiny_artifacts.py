@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-TINY_FIT_YAML = """\
+# The tiny model of every training test (a format string: sam_weights, lr); the data and trainer sections follow.
+TINY_MODEL_YAML = """\
 seed_everything: 0
 model:
   model:
@@ -25,7 +26,10 @@ model:
     sam:
       class_path: evf.sam.Sam1Backend
       init_args: {{variant: tiny, checkpoint: {sam_weights}}}
-  lr: 1.0e-3
+  lr: {lr}
+"""
+
+TINY_FIT_YAML = TINY_MODEL_YAML + """\
 data:
   class_path: datamodules.SyntheticRefDataModule
   init_args: {{train_size: 4, val_size: 2, test_size: 2, batch_size: 2, image_size: 48}}
@@ -81,7 +85,7 @@ def write_fit_config(root: Path, max_steps: int = 1) -> Path:
     sam_weights = root / "sam_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in Sam1Backend(variant="tiny").model.state_dict().items()}, str(sam_weights))
     config = root / "tiny_fit.yaml"
-    config.write_text(TINY_FIT_YAML.format(sam_weights=sam_weights, root=root / "run", max_steps=max_steps))
+    config.write_text(TINY_FIT_YAML.format(sam_weights=sam_weights, lr="1.0e-3", root=root / "run", max_steps=max_steps))
     return config
 
 

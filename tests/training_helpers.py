@@ -11,20 +11,12 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tests.tiny_artifacts import TINY_MODEL_YAML
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
-TINY_YAML = """\
-seed_everything: 0
-model:
-  model:
-    encoder:
-      class_path: evf.encoders.Beit3Encoder
-      init_args: {{size: tiny}}
-    sam:
-      class_path: evf.sam.Sam1Backend
-      init_args: {{variant: tiny, checkpoint: {sam_weights}}}
-  lr: {lr}
+TINY_YAML = TINY_MODEL_YAML + """\
   warmup_steps: 1
 data:
   class_path: datamodules.SyntheticRefDataModule

@@ -60,6 +60,8 @@ def test_notebook_code_runs_in_process(name, monkeypatch):
     monkeypatch.chdir(ROOT)  # the notebooks chdir to the repository root; monkeypatch restores the old folder
     monkeypatch.setattr("sys.path", list(__import__("sys").path))
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    # the notebooks ask for 2 threads; here the suite keeps its 1 (OpenMP threads spin when the cores are busy)
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)
     book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     namespace: dict = {"__name__": "__notebook__"}
     for cell in book.cells:

@@ -19,7 +19,6 @@ replays the same sequence. YAML::
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.base import DATAMODULES, RefSegDataModule
 from datamodules.common import EpochSampler
 from evf.config_errors import ConfigError
+from evf.registry import import_class
 
 
 def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
@@ -40,9 +40,8 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
                          f"({', '.join(DATAMODULES)}) or class path")
     if kind in DATAMODULES:
         return DATAMODULES.create(kind, **spec)
-    module, _, cls = kind.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), cls)(**spec)
+        return import_class(kind)(**spec)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
 

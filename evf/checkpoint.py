@@ -23,6 +23,7 @@ from evf.errors import UserError, first_line
 from evf.io import atomic_path
 
 WRAPPER_KEYS = ("state_dict", "model", "module")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a Hugging Face-style folder holds, in order of preference
 # safetensors dtype names (the format's spec) -> torch dtypes
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

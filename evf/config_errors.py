@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import inspect
 import os
 import re
@@ -98,9 +97,10 @@ def parser_keys(parser) -> list[str]:
 
 
 def class_arguments(class_path: str) -> list[str]:
-    module, _, name = class_path.rpartition(".")
+    from evf.registry import import_class
+
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = import_class(class_path)
         params = inspect.signature(cls.__init__).parameters.values()
     except (ImportError, AttributeError, ValueError, TypeError):
         return []

@@ -15,7 +15,6 @@ same DIR stops with one line naming the first; the lock of a crashed run is brok
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import json
 import math
@@ -32,7 +31,6 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from datamodules.base import RefSegDataModule
 from evf.checkpoint import CheckpointError, read_checkpoint
 from evf.config_errors import (
     ConfigError,
@@ -43,9 +41,11 @@ from evf.config_errors import (
     parser_keys,
     read_yaml_file,
 )
+from evf.datamodule import RefSegDataModule
 from evf.io import write_text_atomic
 from evf.locks import is_rank_zero, run_dir_lock
 from evf.module import EVFSAMModule
+from evf.registry import import_class
 
 TEST_SET_KEYS = ("name", "class_path", "init_args")
 
@@ -69,11 +69,6 @@ def default_loggers(root: str, versioned: bool) -> list[Namespace]:
         Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
                   init_args=Namespace(save_dir=root, name="csv", **version)),
     ]
-
-
-def import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 SAFE_FILE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.+-")

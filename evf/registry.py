@@ -5,6 +5,7 @@ variant, so contract tests can loop over everything registered.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,3 +45,10 @@ class Registry:
     def create(self, name: str, tiny: bool = False, **kwargs: Any):
         entry = self.get(name)
         return entry.cls(**{**(entry.tiny if tiny else {}), **kwargs})
+
+
+def import_class(path: str) -> type:
+    """The class (or function) a dotted ``class_path`` names, e.g. ``datamodules.RefCocoDataModule``; raises
+    ``ImportError``/``AttributeError`` if there is none."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evf.checkpoint import CheckpointError, check_fit, iter_tensors, write_safetensors
+from evf.checkpoint import WEIGHT_FILES, CheckpointError, check_fit, iter_tensors, write_safetensors
 from evf.encoders import ENCODERS, Beit3Encoder
 from evf.encoders.beit3_model import BEIT3_CONFIGS
 from evf.errors import first_line
@@ -46,7 +46,6 @@ OFFICIAL_BACKENDS: dict[str, tuple[str, dict[str, dict]]] = {
                               "toy": {"variant": "toy", "version": "2.0"}}),
     "EvfEffiSamModel": ("efficientsam", {"small": {"variant": "s"}, "tiny": {"variant": "ti"}, "toy": {"variant": "toy"}}),
 }
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = (SPM_FILENAME, "special_tokens_map.json", "tokenizer_config.json", "added_tokens.json")
 SAM21_ONLY_KEY = "visual_model.no_obj_embed_spatial"  # present in SAM-2.1 weights only (spec T15)
 

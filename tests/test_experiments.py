@@ -2,7 +2,6 @@
 resolves to the paper row it names, and trains one step once its weights are swapped for tiny ones."""
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 
 from evf.cli import main
-from evf.registry import Registry
+from evf.registry import Registry, import_class
 
 pytestmark = [pytest.mark.filterwarnings("ignore:LightningCLI's args parameter"),
               pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")]
@@ -56,11 +55,6 @@ def resolved(row: Path, capsys) -> dict:
     capsys.readouterr()
     assert main(["fit", "--config", str(BASE), "--config", str(row), "--print_config"]) == 0
     return yaml.safe_load(capsys.readouterr().out)
-
-
-def import_class(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def registry_entry(registry: Registry, cls: type):

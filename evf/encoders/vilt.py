@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from evf.checkpoint import CheckpointError, load_into, load_state_dict, select_prefix
+from evf.checkpoint import WEIGHT_FILES, CheckpointError, load_into, load_state_dict, select_prefix
 from evf.config_errors import ConfigError
 from evf.encoders.base import ENCODERS, MultimodalEncoder
 from evf.io import generated_dir
@@ -31,7 +31,6 @@ from evf.transforms import StretchView
 
 TINY_VILT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
              "image_size": 32, "patch_size": 8, "vocab_size": 512}
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CHECKPOINT_PREFIXES = ("vilt.", "")  # ViltForMaskedLM & co. keep the backbone under "vilt."; the heads are dropped
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TEXT, IMAGE = 0, 1  # ViLT's modality-type ids

@@ -277,17 +277,25 @@ def own_metrics_file(metrics_file: str | None, run_dir: str) -> str:
     return str(own)
 
 
-def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:
-    for path in config_file_arguments(argv):  # jsonargparse's message would not say which file is not YAML
+# How every EvfCLI is built: ``evf fit|validate|test`` here, ``evf.load`` (evf/loading.py) with run=False.
+CLI_KWARGS = {"model_class": EVFSAMModule, "datamodule_class": RefSegDataModule, "subclass_mode_data": True,
+              "parser_kwargs": {"parser_mode": "omegaconf", "exit_on_error": False}}
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Each ``--config`` file is a YAML mapping whose ``model``/``trainer`` are mappings (jsonargparse's message
+    would not name the file that is not YAML, and it drops such a value silently once ``--trainer.x`` is given)."""
+    for path in config_file_arguments(argv):
         data = read_yaml_file(path)
-        for group in ("model", "trainer"):  # jsonargparse would drop such a value silently once --trainer.x is given
+        for group in ("model", "trainer"):
             if data.get(group) is not None and not isinstance(data[group], dict):
                 raise ConfigError(f"config {path}: '{group}' must be a mapping of arguments, got {data[group]!r:.60}")
+
+
+def run_lightning_cli(argv: Sequence[str]) -> EvfCLI:
+    check_config_files(argv)
     torch.set_float32_matmul_precision("high")
     # LightningCLI warns when given args that merely repeat the command line: pass None then.
     args = None if list(argv) == sys.argv[1:] else list(argv)
     with contextlib.ExitStack() as locks:  # the run folder's lock, released however the command ends
-        return EvfCLI(
-            EVFSAMModule, RefSegDataModule, subclass_mode_data=True, args=args, locks=locks,
-            save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
-        )
+        return EvfCLI(**CLI_KWARGS, args=args, locks=locks, save_config_kwargs={"overwrite": True})

@@ -2,8 +2,8 @@
 
     evf cache --config experiments/base.yaml --config experiments/ablations/x.yaml --split train --out cache/x
 
-The model and datamodule are built from the same YAML files as ``evf fit`` (only their ``model:``,
-``data:`` and ``seed_everything:`` sections are read). Train with the cache by adding
+The model and datamodule are built from the same YAML files as ``evf fit``, by ``evf.load`` (the ``model:`` and
+``data:`` groups are built, seeded by ``seed_everything:``; the rest is parsed, not used). Train with the cache by adding
 ``data.init_args.embedding_cache: cache/x`` (it is validated against the model at setup).
 """
 from __future__ import annotations
@@ -12,9 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from evf.errors import OneLineParser, UserError
-
-READ_SECTIONS = ("model", "data", "seed_everything")
+from evf.errors import OneLineParser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -31,45 +29,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_from_configs(paths: Sequence[str]):
-    """(``EVFSAM``, datamodule) from layered LightningCLI YAML files, seeded as ``evf fit`` seeds them."""
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import seed_everything
-
-    from datamodules.base import RefSegDataModule
-    from evf.config_errors import building_from_config, read_yaml_file
-    from evf.module import EVFSAMModule
-
-    parser = ArgumentParser(exit_on_error=False, parser_mode="omegaconf")
-    parser.add_argument("--seed_everything", type=int | bool | None, default=True)
-    parser.add_class_arguments(EVFSAMModule, "model", fail_untyped=False)
-    parser.add_subclass_arguments(RefSegDataModule, "data", fail_untyped=False, required=True)
-    cfg = None
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config not found: {path}")
-        data = read_yaml_file(path)
-        section = {k: data[k] for k in READ_SECTIONS if k in data}
-        try:
-            cfg = parser.parse_object(section, cfg_base=cfg, defaults=cfg is None)
-        except Exception as exc:  # noqa: BLE001  jsonargparse reports unknown keys / bad types as ArgumentError
-            raise UserError(f"config {path}: {' '.join(str(exc).split())[:300]}") from None
-    seed = cfg.seed_everything
-    if seed is not False:
-        seed_everything(seed if isinstance(seed, int) and not isinstance(seed, bool) else None, workers=True)
-    with building_from_config(f"config {paths[-1]}"):
-        objects = parser.instantiate_classes(cfg)
-    return objects.model.model, objects.data
-
-
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     import torch
 
     from evf.cache import build_cache, cache_lock
+    from evf.loading import load
 
     with cache_lock(args.out):  # before the model loads: a second writer stops at once, naming the first
-        model, datamodule = build_from_configs(args.config)
+        model, datamodule, *_ = load(args.config)  # seeded as `evf fit` seeds: the same untrained weights
         splits = args.split or [datamodule.train_split]
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         sam = model.sam.to(device)

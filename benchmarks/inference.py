@@ -70,9 +70,9 @@ def measure(case: dict) -> dict:
     """Everything for one model, in this (fresh) process."""
     from evf.bulk import run_bulk
     from evf.bulk_inputs import collect_items
-    from evf.commands.predict import write_outputs
     from evf.io import read_image
     from evf.model import EVFSAM
+    from evf.visualize import write_outputs
 
     torch.set_num_threads(case["threads"])
     out: dict = {}

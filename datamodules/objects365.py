@@ -5,6 +5,7 @@ several instances share it); the prompt is the category name. Objects365 has box
 ``evf prepare objects365`` turns each kept box into a mask with a SAM backend's box prompt and
 writes ``<masks_dir>/objects365_<split>.json`` (COCO format, RLE masks), which this datamodule reads.
 ``box_masks=True`` reads the raw file instead and uses filled boxes as masks (checks, smoke tests).
+The pre-pass itself (``box_prepass``) is at the end of this file.
 
 Layout (official v2 release; ``file_name`` entries such as ``images/v1/patch0/x.jpg`` are also
 found under ``<split>/patch0/x.jpg``)::
@@ -14,8 +15,10 @@ found under ``<split>/patch0/x.jpg``)::
 """
 from __future__ import annotations
 
+import json
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,90 @@ class Objects365DataModule(FileDataModule):
                                         f"{self.root} --split {split} --backend ... --out {self.masks_dir}')")
         return Objects365Dataset(load_json(source), self.root / self.image_dir.format(split=split), source,
                                  self.box_masks, train, self.seed)
+
+
+# -- the box -> mask pre-pass (``evf prepare objects365``) ---------------------------------------------------------
+def segment_image(backend, image: np.ndarray, boxes_xywh: list[list[float]], device: str) -> np.ndarray:
+    """Boxes in original pixels -> bool masks ``[N, H, W]`` from the SAM backend's box prompt."""
+    import torch
+
+    height, width = image.shape[:2]
+    with torch.no_grad():
+        view, (h, w) = backend.image_view(image)
+        embedding = backend.embed_images(view[None].to(device))
+        boxes = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in boxes_xywh], dtype=torch.float32)
+        boxes = boxes * torch.tensor([w / width, h / height, w / width, h / height])  # into the SAM view's pixels
+        logits = backend.decode_boxes(embedding, boxes.to(device))
+        return (backend.postprocess(logits[:, 0], (h, w), (height, width)) > 0).cpu().numpy()
+
+
+def box_prepass(root: str, out: str, build_backend: Callable[[], Any], backend_name: str, split: str = "train",
+                ann_file: str = RAW_ANN_FILE, image_dir: str = "{split}", limit: int | None = None,
+                device: str = "cpu", progress: bool = True) -> int:
+    """Keep the one-instance annotations of ``split`` and turn each box into a SAM mask. Every finished image is
+    written atomically to ``out/shards_<split>/<image_id>.json`` (an interrupted run resumes there), then the
+    shards are merged into ``out/objects365_<split>.json`` + ``out/summary_<split>.json``. ``build_backend`` is
+    called only if an image is left to do. Returns the exit code: 1 if an image could not be read."""
+    from tqdm import tqdm
+
+    from datamodules.common import encode_rle, require_dir
+    from evf.io import ImageReadError, read_image, write_text_atomic
+
+    root = require_dir(root, "dataset root")
+    coco = load_json(root / ann_file.format(split=split), "Objects365 annotation file")
+    images_at, out = root / image_dir.format(split=split), Path(out)
+    kept = one_instance_annotations(coco["annotations"])
+    by_image: dict = defaultdict(list)
+    for ann in kept:
+        by_image[ann["image_id"]].append(ann)
+    images = [img for img in coco["images"] if img["id"] in by_image]
+    shards = out / f"shards_{split}"
+    shards.mkdir(parents=True, exist_ok=True)
+    pending = [img for img in images if not (shards / f"{img['id']}.json").is_file()]
+    todo = pending[:limit]
+    print(f"objects365 {split}: {len(coco['images'])} images / {len(coco['annotations'])} annotations; "
+          f"the one-instance filter keeps {len(images)} images / {len(kept)} annotations; "
+          f"{len(images) - len(pending)} already done, {len(todo)} to do", flush=True)
+    backend = build_backend().to(device).eval() if todo else None  # a finished run needs no model: it only merges
+    failed = []
+    for img in tqdm(todo, desc="box prompts", unit="img", disable=True if not progress else None, file=sys.stderr):
+        try:
+            image = read_image(find_image(images_at, img["file_name"]))
+        except ImageReadError as exc:
+            failed.append(str(exc))  # no shard: a later run retries it
+            continue
+        anns = by_image[img["id"]]
+        masks = segment_image(backend, image, [a["bbox"] for a in anns], device)
+        records = [{**a, "segmentation": encode_rle(m), "area": float(m.sum())} for a, m in zip(anns, masks)]
+        write_text_atomic(shards / f"{img['id']}.json", json.dumps({"image_id": img["id"], "annotations": records}))
+    return merge_shards(coco, images, shards, out / PREPARED_FILE.format(split=split), out / f"summary_{split}.json",
+                        failed, backend_name)
+
+
+def merge_shards(coco: dict, images: list[dict], shards: Path, target: Path, summary_path: Path, failed: list[str],
+                 backend: str) -> int:
+    from evf.io import write_text_atomic
+
+    done_images, annotations = [], []
+    for img in images:
+        shard = shards / f"{img['id']}.json"
+        if shard.is_file():
+            done_images.append(img)
+            annotations += json.loads(shard.read_text())["annotations"]
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    summary = {
+        "backend": backend,
+        "before": {"images": len(coco["images"]), "annotations": len(coco["annotations"])},
+        "after": {"images": len(done_images), "annotations": len(annotations)},
+        "pending_images": len(images) - len(done_images), "failed_images": failed,
+        "empty_masks": sum(a["area"] == 0 for a in annotations),
+        "per_category": dict(Counter(names[a["category_id"]] for a in annotations).most_common()),
+    }
+    write_text_atomic(target, json.dumps({"images": done_images, "annotations": annotations,
+                                          "categories": coco["categories"]}))
+    write_text_atomic(summary_path, json.dumps(summary, indent=1))
+    print(f"wrote {target}: {len(done_images)} images, {len(annotations)} annotations "
+          f"({summary['pending_images']} images pending, {summary['empty_masks']} empty masks); summary {summary_path}")
+    for message in failed[:3]:
+        print(f"failed: {message}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,8 +1,9 @@
 """``evf`` command line.
 
 ``evf fit|validate|test`` are LightningCLI subcommands driven by the YAML files in ``experiments/``;
-the other commands live in ``evf/commands/<name>.py`` (each with a ``main(argv)``), imported only
-when used so ``evf --help`` stays fast.
+the other commands live in ``evf/commands/<name>.py`` (each with a ``main(argv)``), imported by name only
+when used so ``evf --help`` stays fast. ``evf prepare`` is dataset-specific and lives with the datasets
+(``datamodules/prepare.py``): the ``evf`` package itself never imports ``datamodules``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ COMMANDS = {
     "predict": ("evf.commands.predict", "segment an image with one or more text prompts"),
     "sweep": ("evf.commands.sweep", "run experiment files x seeds and write the results table"),
     "table": ("evf.commands.table", "rebuild the results table from finished runs"),
-    "prepare": ("evf.commands.prepare", "check a dataset folder or run a dataset pre-pass"),
+    "prepare": ("datamodules.prepare", "check a dataset folder or run a dataset pre-pass"),
     "cache": ("evf.commands.cache", "precompute frozen SAM image embeddings of a split"),
     "attention": ("evf.commands.attention", "save BEiT-3 attention heatmaps (paper Fig.8)"),
 }

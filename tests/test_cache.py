@@ -121,8 +121,8 @@ def test_half_precision_storage_and_rebuild_replaces_old_shards(tmp_path):
 
 
 def test_evf_cache_command_builds_what_training_accepts(tmp_path, capsys):
+    import evf
     from evf.cli import main
-    from evf.commands.cache import build_from_configs
 
     override = tmp_path / "small.yaml"
     override.write_text("data:\n  class_path: datamodules.SyntheticRefDataModule\n"
@@ -131,7 +131,7 @@ def test_evf_cache_command_builds_what_training_accepts(tmp_path, capsys):
     argv = ["cache", *[a for c in configs for a in ("--config", c)], "--split", "train", "--out", str(tmp_path / "c")]
     assert main(argv) == 0
     assert "3 image embeddings" in capsys.readouterr().out
-    model, dm = build_from_configs(configs)  # a fresh build from the same YAML (same seed) validates
+    model, dm, *_ = evf.load(configs)  # a fresh build from the same YAML (same seed) validates
     dm.embedding_cache = str(tmp_path / "c")
     dm.attach(model.preprocessor(), sam=model.sam)
     assert dm.cache.splits == ["train"] and len(dm.cache) == 3

@@ -11,7 +11,7 @@ import torch
 
 from evf.cache import MANIFEST, CacheError, EmbeddingCache, build_cache
 from evf.cli import main as evf_main
-from evf.commands.cache import build_from_configs
+from evf.loading import load
 from tests.lock_helpers import PausingSyntheticDataModule, cache_config, kill
 from tests.training_helpers import REPO, evf_command, subprocess_env, wait_for
 
@@ -29,7 +29,7 @@ def snapshot(folder) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def model():
-    return build_from_configs([QUICKSTART])[0]  # seeded: the same SAM weights as every `evf cache` here
+    return load([QUICKSTART], datamodule=False).model  # seeded: the same SAM weights as every `evf cache` here
 
 
 def attach(model, cache, seed: int, **sizes) -> PausingSyntheticDataModule:

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from datamodules import DATAMODULES
+from datamodules import DATAMODULES, prepare
 from datamodules.augment import Augmenter, build_augmentation
 from datamodules.check import check_dataset
 from datamodules.common import EpochSampler
@@ -15,7 +15,6 @@ from datamodules.hybrid import HybridDataModule
 from datamodules.refcoco import RefCocoDataModule
 from datamodules.semantic import ADE20KDataModule
 from datamodules.testing import ade20k, refcoco
-from evf.commands import prepare
 
 
 @pytest.fixture(scope="module")

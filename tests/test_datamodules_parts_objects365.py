@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from datamodules import objects365, prepare
 from datamodules.objects365 import Objects365DataModule, one_instance_annotations
 from datamodules.parts import PartImageNetDataModule, PascalPartDataModule, part_phrase
 from datamodules.testing import objects365 as o365_fixture
 from datamodules.testing import partimagenet, pascal_part
-from evf.commands import prepare
 
 
 @pytest.mark.parametrize("writer,cls", [(pascal_part, PascalPartDataModule), (partimagenet, PartImageNetDataModule)])
@@ -87,8 +87,8 @@ def test_prepass_writes_valid_rle_and_summary(o365, tmp_path):
 def test_prepass_resumes_without_redoing_finished_images(o365, tmp_path, monkeypatch):
     out = tmp_path / "masks"
     calls = []
-    real = prepare.segment_image
-    monkeypatch.setattr(prepare, "segment_image", lambda *a: calls.append(1) or real(*a))
+    real = objects365.segment_image
+    monkeypatch.setattr(objects365, "segment_image", lambda *a: calls.append(1) or real(*a))
     assert run_prepass(o365["root"], out, "--limit", "1") == 0  # an "interrupted" run: one image done
     assert len(calls) == 1 and json.loads((out / "summary_train.json").read_text())["pending_images"] == 2
     shards = sorted((out / "shards_train").glob("*.json"))

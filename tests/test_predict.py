@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from evf.cli import main as evf
-from evf.commands.predict import COLOURS, mask_names, overlay, slug
 from evf.io import read_image
 from evf.output_set import MANIFEST_NAME
+from evf.visualize import COLOURS, mask_names, overlay, slug
 from tests.tiny_artifacts import tiny_fit, write_image
 
 PROMPTS = ["the red square", "the largest circle on the left", "blue"]

@@ -144,10 +144,8 @@ def test_paper_rows_and_presets_name_the_same_model(row):
 
 # -- YAML ----------------------------------------------------------------------------------------
 def test_yaml_names_the_same_model_as_python(tmp_path):
-    from evf.commands.predict import module_from_config
-
-    torch.manual_seed(0)
-    from_yaml = module_from_config(ROOT / "experiments" / "quickstart.yaml").model
+    torch.manual_seed(0)  # the YAML seeds itself (seed_everything: 0)
+    from_yaml = evf.load(ROOT / "experiments" / "quickstart.yaml", datamodule=False).model
     torch.manual_seed(0)
     from_python = evf.create_model("tiny-beit3-sam1")
     assert from_yaml.state_dict().keys() == from_python.state_dict().keys()
@@ -158,7 +156,7 @@ def test_yaml_names_the_same_model_as_python(tmp_path):
                       "      sam: {train_mask_decoder: false, train_prompt_encoder: false}\n"
                       "      train_encoder: false\n")
     torch.manual_seed(0)
-    from_yaml = module_from_config(config).model
+    from_yaml = evf.load(config, datamodule=False).model  # no data: section, no seed: the RNG as it is
     torch.manual_seed(0)
     from_python = evf.create_model("tiny-beit3-sam2", sam={"train_mask_decoder": False, "train_prompt_encoder": False},
                                    train_encoder=False)
@@ -172,7 +170,6 @@ def test_a_preset_run_config_round_trips(tmp_path, capsys):
     """``evf fit`` on a preset saves config.yaml naming it; ``evf test --config RUN/config.yaml`` and the
     ``.ckpt`` loader of ``evf predict`` rebuild the same model from it."""
     from evf.cli import main
-    from evf.commands.predict import load_model
     from tests.tiny_artifacts import write_fit_config
 
     write_fit_config(tmp_path)  # its tiny SAM-1 weights file: frozen weights come from a file, so a rebuild is exact
@@ -189,7 +186,7 @@ def test_a_preset_run_config_round_trips(tmp_path, capsys):
                  "--metrics_file", str(metrics)]) == 0
     assert json.loads(metrics.read_text())["test"] and "test: cIoU=" in capsys.readouterr().out
     trained = torch.load(checkpoint, weights_only=True)["state_dict"]
-    rebuilt = load_model(str(checkpoint), None).state_dict()
+    rebuilt = evf.load(checkpoint).model.state_dict()
     assert trained and all(torch.equal(rebuilt[k.removeprefix("model.")], v) for k, v in trained.items())
 
 

@@ -55,8 +55,8 @@ def load(source: PathLike | Sequence[PathLike], config: PathLike | Sequence[Path
 
     ``source``: an official release folder (or its weights file), a Lightning ``.ckpt``, a run folder (one
     holding ``config.yaml``; see ``run_checkpoint`` for which checkpoint), or experiment YAML alone (a ``.yaml``
-    path, or a list of YAML paths layered in order): an untrained model. ``config``: YAML file(s) layered in order; for a ``.ckpt`` or run folder they replace
-    the run's ``config.yaml``, for YAML sources they follow them. ``overrides``: ``"model.lr=0.1"`` strings (as
+    path, or a list of YAML paths layered in order): an untrained model. ``config``: YAML file(s) layered in
+    order; for a ``.ckpt`` or run folder they replace the run's ``config.yaml``, for YAML sources they follow them. ``overrides``: ``"model.lr=0.1"`` strings (as
     on the ``evf fit`` command line, ``--`` optional) or a ``{"model.lr": 0.1}`` mapping. ``datamodule=False``
     parses but does not build the ``data`` group (which may then be absent).
     """

@@ -14,8 +14,7 @@ from evf.bulk import ImageStream, device_choice
 from evf.bulk_inputs import BulkItem, output_names, resolve_specs
 from evf.cli import main as evf
 from evf.io import read_image
-from tests.cli_helpers import assert_one_line_error
-from tests.test_predict import assert_outputs_match
+from tests.cli_helpers import assert_one_line_error, assert_outputs_match
 from tests.tiny_artifacts import write_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -89,3 +89,18 @@ def test_each_shared_helper_is_defined_once():
             for name in set(defined) & names:
                 where[name].append(str(path.relative_to(ROOT)))
     assert {name: len(files) for name, files in where.items()} == dict.fromkeys(names, 1), where
+
+
+def test_test_modules_do_not_import_each_other():
+    """Shared test code lives in helper modules (tests/contracts.py, cli_helpers.py, tiny_artifacts.py, ...)."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("tests.test_")]
+    assert offenders == []

@@ -1,16 +1,14 @@
 """``evf predict`` on a tiny official release folder and on a Lightning checkpoint from a tiny ``evf fit``."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from evf.cli import main as evf
 from evf.io import read_image
 from evf.output_set import MANIFEST_NAME
 from evf.visualize import COLOURS, mask_names, overlay, slug
+from tests.cli_helpers import assert_outputs_match
 from tests.tiny_artifacts import tiny_fit, write_image
 
 PROMPTS = ["the red square", "the largest circle on the left", "blue"]
@@ -21,30 +19,12 @@ def fitted(tmp_path_factory):
     return tiny_fit(tmp_path_factory.mktemp("fit"))
 
 
-def read_png(path):
-    with Image.open(path) as im:
-        return np.array(im)
-
-
 def run_predict(capsys, checkpoint, image, out, prompts=PROMPTS, extra=()):
     args = ["predict", "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out)]
     for p in prompts:
         args += ["--prompt", p]
     code = evf(args + list(extra))
     return code, capsys.readouterr()
-
-
-def assert_outputs_match(out, image, prompts, expected):
-    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME)
-    assert names == sorted(mask_names(prompts) + ["overlay.png"])
-    if (out / MANIFEST_NAME).is_file():  # the single-image form: the call's manifest lists exactly these files
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
-        assert manifest["status"] == "complete" and sorted(manifest["files"]) == names
-    for name, mask in zip(mask_names(prompts), expected):
-        written = read_png(out / name)
-        assert written.dtype == np.uint8 and set(np.unique(written)) <= {0, 255}
-        np.testing.assert_array_equal(written == 255, mask)
-    np.testing.assert_array_equal(read_png(out / "overlay.png"), overlay(image, expected))
 
 
 def test_release_folder_masks_equal_api(release, tmp_path, capsys):

@@ -99,6 +99,7 @@ def tiny_config(config: dict, root: Path) -> dict:
 
 
 def test_every_paper_row_has_its_file():
+    assert TRAINED_BY_DEFAULT <= set(ROW_IDS)
     assert set(ENCODER_ROWS) <= set(ROW_IDS), f"missing: {sorted(set(ENCODER_ROWS) - set(ROW_IDS))}"
     assert sum(r.startswith("tab4_") for r in ENCODER_ROWS) == 13 and sum(r.startswith("tab12_") for r in ENCODER_ROWS) == 4
 
@@ -124,7 +125,14 @@ def test_print_config_resolves_to_the_row(row, capsys):
         assert {k: net["encoder"]["init_args"].get(k) for k in expected} == expected
 
 
-@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+# One row per encoder family, fusion mode and SAM backend, and one Tab.6 switch row, train in the default suite;
+# the others (the same code paths with other arguments) in the slow one.
+TRAINED_BY_DEFAULT = {"tab4_beit3_text", "tab4_clip_l_openai_late", "tab4_vilt_early", "tab5_beit3_l_sam2_l",
+                      "tab5_beit3_l_efficientsam_s", "tab6_decoder_only", "tab12_concat_cls"}
+
+
+@pytest.mark.parametrize("row", [r if r.stem in TRAINED_BY_DEFAULT else pytest.param(r, marks=pytest.mark.slow) for r in ROWS],
+                         ids=ROW_IDS)
 def test_row_trains_one_step_with_tiny_weights(row, capsys, tmp_path):
     from evf.lightning_cli import run_lightning_cli
 

@@ -67,3 +67,17 @@ def work(tmp_path):
     manifest = {"format": 1, "status": "complete", "files": ["overlay.png"]}  # the earlier call's: evf's to replace
     (tmp_path / "out" / "predictions.json").write_text(json.dumps(manifest))
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def lightning_log_stream():
+    """Lightning's log handler keeps the stderr of the moment Lightning is first imported; when that is a test's
+    capsys stream, it is closed after the test and every later log line fails. Point it back at the live stderr."""
+    yield
+    import logging
+    import sys
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr

@@ -24,16 +24,21 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (UserError, *PATH_ERRORS)) or (isinstance(exc, OSError) and exc.filename is not None)
 
 
+def message_lines(exc: BaseException) -> list[str]:
+    """The non-blank lines of an exception's message, stripped."""
+    return [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-blank line of an exception's message (at most ``limit`` characters), else its type name."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = message_lines(exc)
     return lines[0][:limit] if lines else type(exc).__name__
 
 
 def one_line(exc: BaseException) -> str:
     """The message as one line: the first line, joined with the second where the first only introduces it
     (``"Error(s) in loading state_dict for X:"`` + the detail)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = message_lines(exc)
     if len(lines) > 2 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
         # re-raised from a DataLoader worker: the worker's own message is the traceback's last line
         return lines[-1].split(": ", 1)[-1]

@@ -113,8 +113,10 @@ def main(argv: Sequence[str]) -> int:
         from datamodules.check import check_dataset, format_report
 
         splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
-        reports = check_dataset(args.dataset, args.root, splits, args.quick, not args.no_progress,
-                                parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        if args.dataset == "custom":
+            overrides.setdefault("manifest", args.manifest)
+        reports = check_dataset(args.dataset, args.root, splits, args.quick, not args.no_progress, overrides)
         print(format_report(args.dataset, args.root, reports))
         return 1 if any(r.fatal for r in reports) else 0
     if args.dataset == "custom":

@@ -60,6 +60,8 @@ def test_coco_instances_with_an_expressions_file(data):
     dm = CustomRefDataModule(str(data["root"]), manifest="coco.jsonl", image_dir="coco_images")
     for split in ("train", "val"):
         assert_samples(dm.raw_dataset(split, train=False), data["coco_samples"][split])
+    assert main(["prepare", "custom", "--check", "--root", str(data["root"]), "--manifest", "coco.jsonl", "--set",
+                 "image_dir=coco_images", "--no-progress"]) == 0
 
 
 def test_box_lines_need_the_prepass_or_box_masks(data, tmp_path):
@@ -210,17 +212,22 @@ def tiny_command(command: list[str], release: Path) -> list[str]:
 
 
 def test_worked_example_data_check_and_init_flag(tmp_path, monkeypatch, capsys, release):
-    """Fast part: the pasted data script, the check, and the one fine-tune flag as `fit --print_config` resolves it."""
-    commands = run_example_data(tmp_path, monkeypatch, capsys)
-    assert len(CustomRefDataModule("my_data").raw_dataset("train", train=True)) == 56
+    """Fast part: the pasted data script and the check; the one fine-tune flag names the argument of
+    `evf.create_model` that loads a release folder (the slow test below runs `evf fit` with it)."""
+    import torch
     import yaml
 
-    assert main(tiny_command(commands[1], release) + ["--print_config"]) == 0
-    config = yaml.safe_load(capsys.readouterr().out)
-    model = config["model"]["model"]
-    assert model["class_path"] == "evf.create_model"
-    assert (model["init_args"]["name"], model["init_args"]["checkpoint"]) == ("tiny-beit3-sam1", str(release))
-    assert config["data"]["class_path"] == "datamodules.CustomRefDataModule"
+    import evf
+    from evf.model import EVFSAM
+
+    commands = run_example_data(tmp_path, monkeypatch, capsys)
+    assert len(CustomRefDataModule("my_data").raw_dataset("train", train=True)) == 56
+    spec = yaml.safe_load((ROOT / "experiments" / "custom_finetune.yaml").read_text())["model"]["model"]
+    flag = commands[1][commands[1].index("path/to/evf-sam") - 1]
+    assert (flag, spec["class_path"]) == ("--model.model.init_args.checkpoint", "evf.create_model")
+    model = evf.create_model(**{**spec["init_args"], "name": "tiny-beit3-sam1", "checkpoint": str(release)})
+    reference = EVFSAM.from_pretrained(release).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.slow

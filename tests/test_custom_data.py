@@ -163,6 +163,12 @@ def test_unreadable_mask_while_loading_names_the_line(data, tmp_path):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "masks" / "obj-0.png")
     with pytest.raises(DatasetError, match=r"manifest\.jsonl:1: image .*img_00\.png is \d+x\d+ but its target is 5x5"):
         CustomRefDataModule(str(root)).raw_dataset("train", train=False)[0]
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    rle = json.loads(lines[2])
+    rle["rle"]["size"] = [3, 4]
+    (root / "manifest.jsonl").write_text("\n".join([*lines[:2], json.dumps(rle), *lines[3:]]) + "\n")
+    with pytest.raises(DatasetError, match=r"manifest\.jsonl:3: RLE segmentation of size \[3, 4\] on an image of size"):
+        CustomRefDataModule(str(root)).raw_dataset("train", train=False)[3]
 
 
 def test_custom_source_in_a_hybrid_mixture(data, tmp_path):

@@ -30,6 +30,7 @@ from datamodules.objects365 import box_mask, segment_image
 from evf.io import ImageReadError, exif_orientation, opened, read_image, read_mask
 
 MASKS_DIR = "sam_masks"
+SAVE_EVERY = 50  # images between two writes of the pre-pass output (an interrupted run keeps them)
 
 
 def box_masks_file(masks_dir: Path, manifest: Path) -> Path:
@@ -192,8 +193,9 @@ def read_box_masks(path: Path) -> dict:
 def box_prepass(root: str, build_backend: Callable[[], Any], backend_name: str, manifest: str = "manifest.jsonl",
                 out: str | None = None, device: str = "cpu", progress: bool = True) -> int:
     """Each ``bbox`` line's box -> a mask from the SAM backend's box prompt (``segment_image``, as for Objects365),
-    written to ``out/box_masks_<manifest>.json`` as ``{"backend", "masks": {line id: rle}}``. Lines already
-    there are kept (a rerun finishes an interrupted one). Returns the exit code: 1 if an image was unreadable."""
+    written to ``out/box_masks_<manifest>.json`` as ``{"backend", "masks": {line id: rle}}`` (atomically, every
+    ``SAVE_EVERY`` images and at the end). Lines already there are kept, so a rerun finishes an interrupted run.
+    Returns the exit code: 1 if an image was unreadable."""
     from tqdm import tqdm
 
     from datamodules.common import require_dir
@@ -212,8 +214,13 @@ def box_prepass(root: str, build_backend: Callable[[], Any], backend_name: str, 
           f"on {len(by_image)} images", flush=True)
     backend = build_backend().to(device).eval() if by_image else None
     failed = []
-    for path, entries in tqdm(by_image.items(), desc="box prompts", unit="img", disable=True if not progress else None,
-                              file=sys.stderr):
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        write_text_atomic(target, json.dumps({"backend": backend_name, "manifest": str(parsed.path), "masks": done}))
+
+    for k, (path, entries) in enumerate(tqdm(by_image.items(), desc="box prompts", unit="img",
+                                             disable=True if not progress else None, file=sys.stderr)):
         try:
             image = read_image(path)
         except ImageReadError as exc:
@@ -221,8 +228,9 @@ def box_prepass(root: str, build_backend: Callable[[], Any], backend_name: str, 
             continue
         masks = segment_image(backend, image, [e.value for e in entries], device)
         done.update({e.id: encode_rle(m) for e, m in zip(entries, masks)})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target, json.dumps({"backend": backend_name, "manifest": str(parsed.path), "masks": done}))
+        if k % SAVE_EVERY == SAVE_EVERY - 1:
+            save()
+    save()
     print(f"wrote {target}: {len(done)} of {boxes} box masks")
     for message in failed[:3]:
         print(f"failed: {message}", file=sys.stderr)

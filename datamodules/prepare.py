@@ -13,7 +13,7 @@ into a mask with the SAM backend's box prompt. Every finished image is written a
 ``OUT/shards_<split>/<image_id>.json``, so an interrupted run resumes where it stopped; the shards
 are then merged into ``OUT/objects365_<split>.json`` (COCO format, RLE masks) and
 ``OUT/summary_<split>.json`` (images/annotations before and after, per-category counts).
-``evf prepare custom`` does the same for the ``bbox`` lines of a manifest (``datamodules.custom.box_prepass``).
+``evf prepare custom`` turns the ``bbox`` lines of a manifest into masks the same way (``datamodules.custom.box_prepass``).
 """
 from __future__ import annotations
 

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from datamodules import DATAMODULES, SpatialRefDataModule
-from datamodules.spatial import FAMILY_WEIGHTS, SpatialRefDataset, candidates, family_of, generate_spatial_sample
-from datamodules.synthetic import Shape, rasterize
+from datamodules.spatial import (
+    FAMILY_WEIGHTS,
+    SpatialRefDataset,
+    candidates,
+    family_of,
+    generate_spatial_sample,
+    generate_spatial_scene,
+)
+from datamodules.synthetic import COLORS, SHAPES, Shape, rasterize
 
 
 def scene(*shapes: Shape, h: int = 80, w: int = 100):
@@ -72,8 +79,12 @@ def test_vocabulary_has_no_unknown_tokens():
     """Every word of the grammar is in TOY_WORDS, so the toy BEiT-3 tokenizer never emits <unk>."""
     from evf.tokenizer import TOY_WORDS, XlmrTokenizer, toy_tokenizer_dir
 
-    texts = {generate_spatial_sample(0, split, i)["text"] for split in ("train", "test") for i in range(300)}
+    # every expression each scene supports (not only the one drawn), so a few scenes reach the whole grammar
+    scenes = [generate_spatial_scene(0, split, i)[1:] for split in ("train", "test") for i in range(20)]
+    texts = {t for shapes, masks in scenes for family in candidates(shapes, masks).values() for t, _ in family}
     words = {w for t in texts for w in t.split() if w != "[semantic]"}
+    grammar = {"the", "on", "left", "right", "top", "bottom", "largest", "smallest", "next", "to", "shape"}
+    assert words >= grammar | set(COLORS) | set(SHAPES), (grammar | set(COLORS) | set(SHAPES)) - words
     assert words <= set(TOY_WORDS), words - set(TOY_WORDS)
     tok = XlmrTokenizer(toy_tokenizer_dir())
     unk = tok.tok.unk_token_id

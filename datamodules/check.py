@@ -40,6 +40,7 @@ TARGETS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "pascal_part": ("pascal_part", {}, ("train", "val")),
     "partimagenet": ("partimagenet", {}, ("train", "val")),
     "objects365": ("objects365", {"box_masks": True}, ("train", "val")),
+    "reasonseg": ("reasonseg", {}, ("train", "val", "test")),
 }
 SHOWN = 3  # example paths per problem kind
 EMPTY_MASK_LIMIT = 0.05  # fraction of a split's items with an empty mask beyond which the split fails

@@ -43,6 +43,9 @@ def without_ignored(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tenso
     """Prediction and target with each sample's ignore pixels cleared (``None`` ignores nothing)."""
     if ignores is None:
         return list(preds), list(targets)
+    for target, ignore in zip(targets, ignores, strict=True):
+        if ignore is not None and ignore.shape != target.shape:
+            raise ValueError(f"ignore mask {tuple(ignore.shape)} and target {tuple(target.shape)} differ in size")
     pairs = [(p, t) if ig is None else (p.bool() & ~ig.bool(), t.bool() & ~ig.bool())
              for p, t, ig in zip(preds, targets, ignores, strict=True)]
     return [p for p, _ in pairs], [t for _, t in pairs]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from datamodules.check import check_dataset
 from datamodules.common import DatasetFileError
@@ -139,3 +141,46 @@ def test_check_reports_like_the_other_datasets(fixture, tmp_path):
     bad.write_text('{"text": ["x"], "is_sentence": "yes", "shapes": []}')
     with pytest.raises(DatasetFileError, match=f"{bad.name}: 'is_sentence' must be true or false"):
         check_dataset("reasonseg", broken, ["test"], progress=False)
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_tab11_rows_add_the_semantic_sources_to_the_refcoco_family():
+    rows = {"tab11_refcoco": set(), "tab11_refcoco_ade20k": {"ade20k"}, "tab11_refcoco_mapillary": {"mapillary"},
+            "tab11_refcoco_ade20k_mapillary": {"ade20k", "mapillary"}}
+    for row, extra in rows.items():
+        data = yaml.safe_load((EXPERIMENTS / "ablations" / f"{row}.yaml").read_text())["data"]
+        sources = data["init_args"]["sources"]
+        assert data["class_path"] == "datamodules.HybridDataModule" and data["init_args"]["eval_source"] == "refcoco"
+        assert {s["type"] for s in sources.values()} == {"refcoco"} | extra, row
+        assert sorted(s["dataset"] for s in sources.values() if s["type"] == "refcoco") == ["refcoco", "refcoco+", "refcocog"]
+    names = [e["name"] for e in yaml.safe_load((EXPERIMENTS / "eval" / "tab11.yaml").read_text())["test_sets"]]
+    assert names[-1] == "ade20k/val" and len(names) == 9
+
+
+def test_reasonseg_eval_files_name_their_splits_and_query_types():
+    val = yaml.safe_load((EXPERIMENTS / "eval" / "reasonseg_val.yaml").read_text())["test_sets"]
+    test = yaml.safe_load((EXPERIMENTS / "eval" / "reasonseg_test.yaml").read_text())["test_sets"]
+    assert [(e["test_split"], e.get("queries", "all")) for e in val + test] == [
+        ("val", "all"), ("test", "all"), ("test", "short"), ("test", "long")]
+
+
+@pytest.mark.slow
+def test_finetune_recipe_starts_from_a_release_folder_and_tests_reasonseg(release, tmp_path, monkeypatch):
+    """experiments/paper/reasonseg_finetune.yaml on the fixture, with the tiny preset and a tiny release folder."""
+    import json
+
+    from evf.cli import main
+
+    monkeypatch.setenv("EVF_GENERATED", str(tmp_path / "generated"))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(EXPERIMENTS / "base.yaml"), "--config", str(EXPERIMENTS / "paper" / "reasonseg_finetune.yaml"),
+                 "--model.model.init_args.name", "tiny-beit3-sam1", "--model.model.init_args.checkpoint", str(release),
+                 "--data.init_args.root", "fixture", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+                 "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+                 "--trainer.val_check_interval", "2", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                 "--run_dir", str(run)]) == 0
+    results = json.loads((run / "metrics.json").read_text())["test"]
+    metrics, = results.values()
+    assert metrics["samples"] == 4 and 0.0 <= metrics["cIoU"] <= 1.0

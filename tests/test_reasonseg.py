@@ -160,10 +160,12 @@ def test_tab11_rows_add_the_semantic_sources_to_the_refcoco_family():
 
 
 def test_reasonseg_eval_files_name_their_splits_and_query_types():
-    val = yaml.safe_load((EXPERIMENTS / "eval" / "reasonseg_val.yaml").read_text())["test_sets"]
-    test = yaml.safe_load((EXPERIMENTS / "eval" / "reasonseg_test.yaml").read_text())["test_sets"]
-    assert [(e["test_split"], e.get("queries", "all")) for e in val + test] == [
-        ("val", "all"), ("test", "all"), ("test", "short"), ("test", "long")]
+    val = yaml.safe_load((EXPERIMENTS / "eval" / "reasonseg_val.yaml").read_text())["data"]
+    test = yaml.safe_load((EXPERIMENTS / "eval" / "reasonseg_test.yaml").read_text())
+    assert val["class_path"] == test["data"]["class_path"] == "datamodules.ReasonSegDataModule"
+    assert val["init_args"]["test_split"] == "val"
+    assert [(e["test_split"], e.get("queries", "all")) for e in test["test_sets"]] == [
+        ("test", "all"), ("test", "short"), ("test", "long")]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """LightningDataModules (the third plugin slot). Importing this package registers the built-in ones."""
 from datamodules.base import DATAMODULES, ProcessedDataset, RefSegDataModule
+from datamodules.custom import CustomRefDataModule
 from datamodules.humanparsing import HumanParsingDataModule
 from datamodules.hybrid import HybridDataModule
 from datamodules.objects365 import Objects365DataModule
@@ -13,6 +14,7 @@ from datamodules.synthetic import SyntheticRefDataModule, SyntheticRefDataset
 __all__ = [
            "DATAMODULES",
            "ADE20KDataModule",
+           "CustomRefDataModule",
            "GRefCocoDataModule",
            "HumanParsingDataModule",
            "HybridDataModule",

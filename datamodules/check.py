@@ -40,6 +40,7 @@ TARGETS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "pascal_part": ("pascal_part", {}, ("train", "val")),
     "partimagenet": ("partimagenet", {}, ("train", "val")),
     "objects365": ("objects365", {"box_masks": True}, ("train", "val")),
+    "custom": ("custom", {}, ()),  # no fixed splits: the manifest's own
     "reasonseg": ("reasonseg", {}, ("train", "val", "test")),
 }
 SHOWN = 3  # example paths per problem kind
@@ -130,17 +131,21 @@ def check_split(dm: FileDataModule, split: str, quick: bool = False, progress: b
         except (ImageReadError, ValueError, KeyError, TypeError) as exc:
             report.problems["unreadable annotations"].append(f"{path.name}: {first_line(exc)}")
             continue
-        if sample.get("skip") or (not sample["mask"].any() and not ds.allow_empty_masks):
+        allowed = ds.empty_allowed(item) if hasattr(ds, "empty_allowed") else ds.allow_empty_masks  # per-item rule
+        if sample.get("skip") or (not sample["mask"].any() and not allowed):
             report.problems["empty masks"].append(f"{sample.get('id') or path.name}")
         if not quick and sample["mask"].shape != shapes[path]:
             report.problems["size mismatches"].append(f"{path} is {shapes[path]}, its mask {sample['mask'].shape}")
+    for kind, examples in (ds.problems() if hasattr(ds, "problems") else {}).items():  # dataset-specific findings
+        report.problems.setdefault(kind, []).extend(examples)
     return report
 
 
 def check_dataset(name: str, root: str | Path, splits: list[str] | None = None, quick: bool = False,
                   progress: bool = True, overrides: dict[str, Any] | None = None) -> list[SplitReport]:
     dm = build(name, root, overrides)
-    return [check_split(dm, split, quick, progress) for split in (splits or TARGETS[name][2])]
+    splits = splits or TARGETS[name][2] or dm.available_splits()  # a dataset without fixed splits lists its own
+    return [check_split(dm, split, quick, progress) for split in splits]
 
 
 def format_report(name: str, root: str | Path, reports: list[SplitReport]) -> str:

@@ -10,6 +10,7 @@ import yaml
 
 from evf.cli import main
 from evf.registry import Registry, import_class
+from tests.config_resolver import ConfigResolver
 
 pytestmark = [pytest.mark.filterwarnings("ignore:LightningCLI's args parameter"),
               pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")]
@@ -50,11 +51,20 @@ ENCODER_ROWS = {
 ENCODER_KEEP = ("mode", "feature", "depth")  # what a row means; everything else becomes the tiny variant
 
 
-def resolved(row: Path, capsys) -> dict:
-    """The config ``evf fit --config base.yaml --config <row> --print_config`` resolves to."""
+@pytest.fixture(scope="module")
+def resolve():
+    return ConfigResolver([BASE, ROWS[0]])
+
+
+def test_shared_parser_resolves_like_print_config(resolve, capsys):
+    """The rows below are resolved by one shared parser; it gives what ``evf fit --print_config`` prints."""
+    row = ROOT / "experiments" / "ablations" / "tab5_beit3_l_sam2_l.yaml"
     capsys.readouterr()
     assert main(["fit", "--config", str(BASE), "--config", str(row), "--print_config"]) == 0
-    return yaml.safe_load(capsys.readouterr().out)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    subcommand_only = {"ckpt_path", "weights_only"}  # arguments of Trainer.fit, not of the config
+    assert {k: v for k, v in printed.items() if k not in subcommand_only} == resolve(BASE, row)
+    assert printed["model"]["model"]["init_args"]["sam"]["class_path"] == "evf.sam.Sam2Backend"
 
 
 def registry_entry(registry: Registry, cls: type):
@@ -105,8 +115,8 @@ def test_every_paper_row_has_its_file():
 
 
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
-def test_print_config_resolves_to_the_row(row, capsys):
-    config = resolved(row, capsys)
+def test_print_config_resolves_to_the_row(row, resolve):
+    config = resolve(BASE, row)
     base = yaml.safe_load(BASE.read_text())
     override = yaml.safe_load(row.read_text()) or {}
     net = config["model"]["model"]["init_args"]
@@ -133,10 +143,10 @@ TRAINED_BY_DEFAULT = {"tab4_beit3_text", "tab4_clip_l_openai_late", "tab4_vilt_e
 
 @pytest.mark.parametrize("row", [r if r.stem in TRAINED_BY_DEFAULT else pytest.param(r, marks=pytest.mark.slow) for r in ROWS],
                          ids=ROW_IDS)
-def test_row_trains_one_step_with_tiny_weights(row, capsys, tmp_path):
+def test_row_trains_one_step_with_tiny_weights(row, resolve, tmp_path):
     from evf.lightning_cli import run_lightning_cli
 
-    config = tiny_config(resolved(row, capsys), tmp_path)
+    config = tiny_config(resolve(BASE, row), tmp_path)
     tiny_file = tmp_path / "tiny.yaml"
     tiny_file.write_text(yaml.safe_dump(config))
     cli = run_lightning_cli(["fit", "--config", str(tiny_file)])

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from evf.cli import main
 from studies.fusion.pretrain import OUTPUTS
+from tests.config_resolver import ConfigResolver
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -19,10 +18,9 @@ CLASSES = {"beit3": "Beit3Encoder", "clip": "ClipEncoder", "vilt": "ViltEncoder"
 WEIGHT_ARG = {"beit3": "checkpoint", "clip": "checkpoint", "vilt": "pretrained"}
 
 
-def resolved(configs: list[Path], capsys) -> dict:
-    capsys.readouterr()
-    assert main(["fit", *[a for c in configs for a in ("--config", str(c))], "--print_config"]) == 0
-    return yaml.safe_load(capsys.readouterr().out)
+@pytest.fixture(scope="module")
+def resolve():
+    return ConfigResolver([EXPERIMENTS / "mini_base.yaml", EXPERIMENTS / "mini" / f"{NAMES[0]}.yaml"])
 
 
 def test_both_studies_have_the_same_nine_rows():
@@ -32,11 +30,11 @@ def test_both_studies_have_the_same_nine_rows():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_row_resolves_to_its_encoder_mode_and_weights(name, capsys):
+def test_row_resolves_to_its_encoder_mode_and_weights(name, resolve):
     family, mode = name.split("_")[:2]
-    pretrained = resolved([EXPERIMENTS / "mini_base.yaml", EXPERIMENTS / "mini" / f"{name}.yaml"], capsys)["model"]["model"]["init_args"]
-    scratch = resolved([EXPERIMENTS / "mini_base.yaml", EXPERIMENTS / "mini_scratch_base.yaml",
-                        EXPERIMENTS / "mini_scratch" / f"{name}.yaml"], capsys)["model"]["model"]["init_args"]
+    pretrained = resolve(EXPERIMENTS / "mini_base.yaml", EXPERIMENTS / "mini" / f"{name}.yaml")["model"]["model"]["init_args"]
+    scratch = resolve(EXPERIMENTS / "mini_base.yaml", EXPERIMENTS / "mini_scratch_base.yaml",
+                      EXPERIMENTS / "mini_scratch" / f"{name}.yaml")["model"]["model"]["init_args"]
     for config in (pretrained, scratch):
         assert config["encoder"]["class_path"] == f"evf.encoders.{CLASSES[family]}"
         assert config["encoder"]["init_args"]["mode"] == mode

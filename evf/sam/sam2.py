@@ -8,6 +8,7 @@ level, the mask decoder with the object-score token and the high-res features, n
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.config_errors import ConfigError
@@ -110,12 +112,20 @@ def build_sam2_model(version: str, variant: str) -> nn.Module:
         initialize_config_module("sam2", version_base="1.2")
     config = VERSIONS[version].format(VARIANTS.get(variant, "t"))
     overrides = TOY_OVERRIDES if variant == "toy" else []
-    target = torch.get_default_device()
-    # Hiera reads Python scalars out of tensors while it is built, which the meta device cannot do:
-    # build on the CPU and move, so ``with torch.device("meta")`` still gives a weightless model.
-    with torch.device("cpu"):
-        model = build_sam2(config, ckpt_path=None, device=None, mode="eval", hydra_overrides_extra=overrides)
-    return model.to(target) if target.type == "meta" else model
+    # Under ``with torch.device("meta")`` Hiera's drop-path rates (``torch.linspace(...)`` read back with
+    # ``.item()``) still come from the CPU; everything else stays weightless (SAM-2-L: no 224M random inits).
+    with LinspaceOnCpu() if torch.get_default_device().type == "meta" else contextlib.nullcontext():
+        return build_sam2(config, ckpt_path=None, device=None, mode="eval", hydra_overrides_extra=overrides)
+
+
+class LinspaceOnCpu(TorchFunctionMode):
+    """Runs ``torch.linspace`` on the CPU inside a meta-device context (its values are read as Python floats)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.linspace:
+            kwargs["device"] = "cpu"
+        return func(*args, **kwargs)
 
 
 @SAM_BACKENDS.register("sam2", tiny={"variant": "toy"})

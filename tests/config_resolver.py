@@ -1,0 +1,40 @@
+"""Resolve experiment YAML the way ``evf fit --print_config`` does, with one parser for many files.
+
+Building LightningCLI's parser (jsonargparse reading every class signature) costs about twice as much as
+parsing a config with it; tests that resolve dozens of experiment files share one parser through this class.
+``test_shared_parser_resolves_like_print_config`` (tests/test_experiments.py) checks the two agree.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from evf.lightning_cli import CLI_KWARGS, EvfCLI
+
+
+class ParseOnlyCLI(EvfCLI):
+    """``EvfCLI`` with ``run=False`` that parses and builds nothing."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:  # resolving a config must not reseed the test process
+        pass
+
+
+class ConfigResolver:
+    def __init__(self, first: Sequence[Path]):
+        self.cli = ParseOnlyCLI(**CLI_KWARGS, args=config_args(first), run=False, save_config_callback=None)
+
+    def __call__(self, *configs: Path) -> dict:
+        parser = self.cli.parser
+        return yaml.safe_load(parser.dump(parser.parse_args(config_args(configs)), skip_none=False))
+
+
+def config_args(configs: Sequence[Path]) -> list[str]:
+    return [a for c in configs for a in ("--config", str(c))]

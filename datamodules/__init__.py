@@ -5,6 +5,7 @@ from datamodules.humanparsing import HumanParsingDataModule
 from datamodules.hybrid import HybridDataModule
 from datamodules.objects365 import Objects365DataModule
 from datamodules.parts import PartImageNetDataModule, PascalPartDataModule
+from datamodules.reasonseg import ReasonSegDataModule
 from datamodules.refcoco import GRefCocoDataModule, RefCocoDataModule
 from datamodules.semantic import ADE20KDataModule, MapillaryVistasDataModule
 from datamodules.spatial import SpatialRefDataModule, SpatialRefDataset
@@ -22,6 +23,7 @@ __all__ = [
            "PartImageNetDataModule",
            "PascalPartDataModule",
            "ProcessedDataset",
+           "ReasonSegDataModule",
            "RefCocoDataModule",
            "RefSegDataModule",
            "SpatialRefDataModule",

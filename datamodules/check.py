@@ -41,6 +41,7 @@ TARGETS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "partimagenet": ("partimagenet", {}, ("train", "val")),
     "objects365": ("objects365", {"box_masks": True}, ("train", "val")),
     "custom": ("custom", {}, ()),  # no fixed splits: the manifest's own
+    "reasonseg": ("reasonseg", {}, ("train", "val", "test")),
 }
 SHOWN = 3  # example paths per problem kind
 EMPTY_MASK_LIMIT = 0.05  # fraction of a split's items with an empty mask beyond which the split fails

@@ -28,7 +28,7 @@ from evf.errors import OneLineParser, UserError
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = OneLineParser(prog="evf prepare", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="refcoco, refcoco+, refcocog, refclef, grefcoco, ade20k, mapillary, lip, cihp, "
-                                   "pascal_part, partimagenet, objects365 or custom")
+                                   "pascal_part, partimagenet, objects365, custom or reasonseg")
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--check", action="store_true", help="validate the folder instead of running a pre-pass")
     p.add_argument("--splits", help="comma-separated splits to check (default: the dataset's usual ones)")

@@ -1,6 +1,7 @@
 """Per-sample preprocessing and batching shared by every datamodule.
 
-Datasets yield raw samples ``{"image": uint8 [H,W,3], "text": str, "mask": bool [H,W], "id": str, ...}``;
+Datasets yield raw samples ``{"image": uint8 [H,W,3], "text": str, "mask": bool [H,W], "id": str, ...}``
+(optionally ``"ignore_mask": bool [H,W]``, pixels the metrics leave out; batched as ``"ignore_masks"``);
 ``Preprocessor`` turns them into the model's views with the plugins' own transforms.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Preprocessor:
         }
         if raw.get("mask") is not None:
             out["masks"] = torch.as_tensor(np.asarray(raw["mask"]), dtype=torch.bool)
+        if raw.get("ignore_mask") is not None:  # pixels the evaluation leaves out (e.g. ReasonSeg "ignore" regions)
+            out["ignore_masks"] = torch.as_tensor(np.asarray(raw["ignore_mask"]), dtype=torch.bool)
         out.update({k: raw[k] for k in PASSTHROUGH_KEYS if k in raw})
         return out
 
@@ -50,6 +53,8 @@ class Preprocessor:
         batch.update(self.tokenizer([s["text"] for s in samples]))
         if "masks" in samples[0]:
             batch["masks"] = [s["masks"] for s in samples]
+        if any("ignore_masks" in s for s in samples):
+            batch["ignore_masks"] = [s.get("ignore_masks") for s in samples]
         for key in PASSTHROUGH_KEYS:
             if key in samples[0]:
                 batch[key + "s"] = [s[key] for s in samples]

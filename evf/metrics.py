@@ -6,6 +6,8 @@
 - no-target accuracy (gRefCOCO-style data): among samples whose target is empty, the fraction
   predicted empty; ``nan`` when the split has none.
 - samples = how many samples were counted (every sample exactly once, however many processes).
+- ignore masks (optional, per sample; e.g. ReasonSeg's "ignore" regions): their pixels count in neither
+  the intersection nor the union of that sample, nor in its prediction or target emptiness.
 
 Exactness across process counts: I and U are integer pixel counts summed in float64 (exact below
 2**53), the P@t and no-target states are counts, and gIoU is an exactly rounded sum (``math.fsum``)
@@ -36,8 +38,23 @@ def sample_iou(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def per_sample(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-sample intersection, union and IoU as float64 ``[N, 3]``."""
+def without_ignored(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                    ignores: Sequence[torch.Tensor | None] | None) -> tuple[list, list]:
+    """Prediction and target with each sample's ignore pixels cleared (``None`` ignores nothing)."""
+    if ignores is None:
+        return list(preds), list(targets)
+    for target, ignore in zip(targets, ignores, strict=True):
+        if ignore is not None and ignore.shape != target.shape:
+            raise ValueError(f"ignore mask {tuple(ignore.shape)} and target {tuple(target.shape)} differ in size")
+    pairs = [(p, t) if ig is None else (p.bool() & ~ig.bool(), t.bool() & ~ig.bool())
+             for p, t, ig in zip(preds, targets, ignores, strict=True)]
+    return [p for p, _ in pairs], [t for _, t in pairs]
+
+
+def per_sample(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+               ignores: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Per-sample intersection, union and IoU as float64 ``[N, 3]`` (ignore pixels excluded)."""
+    preds, targets = without_ignored(preds, targets, ignores)
     rows = [torch.stack([i, u, sample_iou(i, u)]) for i, u in
             (intersection_union(p, t) for p, t in zip(preds, targets, strict=True))]
     return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
@@ -54,8 +71,11 @@ class ReferringSegmentationMetrics(Metric):
         self.add_state("hits", default=torch.zeros(len(PRECISION_THRESHOLDS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("ious", default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
-        """Boolean masks per sample (sizes may differ between samples)."""
+    def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+               ignores: Sequence[torch.Tensor | None] | None = None) -> None:
+        """Boolean masks per sample (sizes may differ between samples); ``ignores``: optional per-sample
+        boolean masks of pixels left out of the scores (an entry may be ``None``)."""
+        preds, targets = without_ignored(preds, targets, ignores)
         rows = per_sample(preds, targets).to(self.hits.device)
         thresholds = torch.tensor(PRECISION_THRESHOLDS, dtype=torch.float64, device=self.hits.device)
         for (i, u, iou), target, pred in zip(rows, targets, preds):

@@ -57,9 +57,10 @@ class EVFSAMModule(L.LightningModule):
         return losses["loss"]
 
     def evaluate(self, batch: dict, metrics: ReferringSegmentationMetrics) -> list[torch.Tensor]:
-        """Updates ``metrics`` with the boolean masks (original resolution) and returns them."""
+        """Updates ``metrics`` with the boolean masks (original resolution; a batch's ``ignore_masks``, if any,
+        are left out of the scores) and returns them."""
         preds = [lg > 0 for lg in self.model(batch)]
-        metrics.update(preds, batch["masks"])
+        metrics.update(preds, batch["masks"], batch.get("ignore_masks"))
         return preds
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -68,7 +69,7 @@ class EVFSAMModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         preds = self.evaluate(batch, self.test_metrics)
         if self.predictions_jsonl:
-            rows = per_sample(preds, batch["masks"])
+            rows = per_sample(preds, batch["masks"], batch.get("ignore_masks"))
             ids = batch.get("ids") or [None] * len(rows)
             texts = batch.get("texts") or [None] * len(rows)
             self.sample_rows += [{"id": i, "sentence": t, "I": int(r[0]), "U": int(r[1]), "IoU": float(r[2])}

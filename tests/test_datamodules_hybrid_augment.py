@@ -154,7 +154,7 @@ def test_eval_experiment_files_load_on_fixtures(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EVF_GENERATED", str(tmp_path))
     files = sorted((Path(__file__).parents[1] / "experiments" / "eval").glob("*.yaml"))
-    assert [f.stem for f in files] == ["ade20k", "pascal_part", "refcoco"]
+    assert [f.stem for f in files] == ["ade20k", "pascal_part", "reasonseg_test", "reasonseg_val", "refcoco", "tab11"]
     parser = ArgumentParser()
     parser.add_subclass_arguments(RefSegDataModule, "data")
     built = []
@@ -166,6 +166,6 @@ def test_eval_experiment_files_load_on_fixtures(tmp_path, monkeypatch):
         for entry in config.get("test_sets") or []:
             args = {k: v for k, v in entry.items() if k not in ("name", "class_path")}
             built.append((entry["name"], build_datamodule(import_class(entry["class_path"]), {**args, "root": "fixture"})))
-    assert len(built) == 10
+    assert len(built) == 24
     for name, dm in built:
         assert len(dm.raw_dataset(dm.test_split)) > 0, name

@@ -19,6 +19,8 @@ replays the same sequence. YAML::
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,11 +41,21 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
         raise ConfigError(f"hybrid source {name!r} needs 'type': a datamodule name "
                          f"({', '.join(DATAMODULES)}) or class path")
     if kind in DATAMODULES:
-        return DATAMODULES.create(kind, **spec)
-    try:
-        return import_class(kind)(**spec)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
+        cls = DATAMODULES.get(kind).cls
+    else:
+        try:
+            cls = import_class(kind)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"hybrid source {name!r}: cannot load datamodule {kind!r} ({exc})") from None
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        for key in spec:
+            if key not in params:
+                near = difflib.get_close_matches(key, list(params), n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ConfigError(f"hybrid source {name!r}: {cls.__name__} has no argument {key!r}; {hint}"
+                                  f"it takes {', '.join(params)}")
+    return cls(**spec)
 
 
 def source_image_id(source: str, image_id) -> str:

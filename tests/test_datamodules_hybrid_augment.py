@@ -38,6 +38,15 @@ def test_hybrid_source_frequencies_match_ratios(roots):
     assert all(zero.choose(p)[0] == 0 for p in range(200))
 
 
+@pytest.mark.parametrize("kind", ["refcoco", "datamodules.RefCocoDataModule"])
+def test_hybrid_source_with_an_unknown_argument_is_one_config_error(roots, kind):
+    from evf.config_errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"hybrid source 'refcoco': RefCocoDataModule has no argument 'roots'; "
+                                          r"did you mean 'root'\? it takes root, "):
+        HybridDataModule({"refcoco": {"type": kind, "ratio": 1, "roots": str(roots["refer"])}})
+
+
 def test_hybrid_stream_is_identical_across_restarts(roots):
     first, again, other = (hybrid(roots, seed=s, length=40).raw_dataset("train") for s in (7, 7, 8))
     picks = [first.choose(p)[:2] for p in range(300)]

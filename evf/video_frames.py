@@ -31,6 +31,8 @@ class VideoReadError(UserError, ValueError):
 class Frames:
     """Random access to ``uint8 [H, W, 3]`` frames, each read on demand; the last ``keep`` stay in memory."""
 
+    fps: float | None = None  # the video file's frame rate (None for frame folders and arrays)
+
     def __init__(self, source: str, count: int, size: tuple[int, int], keep: int = 4):
         self.source, self.count, self.size, self.keep = source, count, size, keep
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -126,10 +128,11 @@ class VideoFileFrames(Frames):
         try:
             with self.av.open(str(path)) as container:
                 if not container.streams.video:
-                    raise VideoReadError(f"{path} has no video stream")
+                    raise VideoReadError(f"video {path} has no frames (no video stream)")
                 stream = container.streams.video[0]
                 count = sum(1 for packet in container.demux(stream) if packet.size)
                 size = (stream.codec_context.height, stream.codec_context.width)
+                self.fps = float(stream.average_rate) if stream.average_rate else None
         except self.av.FFmpegError as exc:
             raise VideoReadError(f"cannot read video {path}: {exc.strerror or type(exc).__name__}") from None
         if count == 0:

@@ -166,14 +166,14 @@ def processing_order(count: int, prompt_frame: int) -> list[tuple[int, bool]]:
     return [(t, False) for t in range(prompt_frame, count)] + [(t, True) for t in range(prompt_frame - 1, -1, -1)]
 
 
-@torch.inference_mode()
 def predict_video(model, frames, prompts: Sequence[str], prompt_frame: int = 0, reprompt_every: int | None = None,
                   max_cond_frames: int = DEFAULT_MAX_COND_FRAMES, offload_state_to_cpu: bool = False) -> Iterator[VideoFrame]:
     """Track each prompt through ``frames`` (a video file, a frame folder, a sequence of ``uint8 [H, W, 3]``
     arrays or an ``evf.video_frames.Frames``); yields a ``VideoFrame`` per frame in tracking order (see the module
     docstring). ``max_cond_frames`` (with ``reprompt_every``): text-prompted frames each frame attends to, >= 2.
     ``offload_state_to_cpu``: keep SAM-2's per-frame memories in CPU memory (less GPU memory, a little slower).
-    Put the model in ``eval()`` mode and on its device first."""
+    Put the model in ``eval()`` mode and on its device first; bad arguments are refused at the call, before any
+    frame is tracked. Half-precision weights: iterate under ``torch.autocast`` (as the official demo runs)."""
     from evf.sam.sam2 import Sam2Backend
 
     if not isinstance(model.sam, Sam2Backend):
@@ -188,6 +188,15 @@ def predict_video(model, frames, prompts: Sequence[str], prompt_frame: int = 0, 
     frames = open_frames(frames)
     if not 0 <= prompt_frame < len(frames):
         raise UserError(f"prompt frame {prompt_frame} is outside the video's {len(frames)} frames")
+    results = tracked_frames(model, frames, prompts, prompt_frame, reprompt_every, max_cond_frames, offload_state_to_cpu)
+    # cloned outside inference mode: plain tensors the caller may change in place
+    return (VideoFrame(r.index, r.masks.clone(), r.object_scores.clone(), r.prompted) for r in results)
+
+
+@torch.inference_mode()
+def tracked_frames(model, frames: Frames, prompts: list[str], prompt_frame: int, reprompt_every: int | None,
+                   max_cond_frames: int, offload_state_to_cpu: bool) -> Iterator[VideoFrame]:
+    """The generator ``predict_video`` returns once its arguments are checked."""
     tracker = TextVideoPredictor.sharing(model.sam.model)
     if reprompt_every is not None:
         tracker.max_cond_frames_in_attn = max_cond_frames

@@ -67,6 +67,10 @@ def main(argv: Sequence[str]) -> int:
     prompts = [command_line_prompt(text, f"--prompt #{i + 1}") for i, text in enumerate(args.prompt)]
     if args.fps is not None and args.fps <= 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
+    if args.reprompt_every is not None and args.reprompt_every < 1:
+        raise UserError(f"--reprompt-every must be at least 1, got {args.reprompt_every}")
+    if args.max_cond_frames < 2:
+        raise UserError(f"--max-cond-frames must be at least 2, got {args.max_cond_frames}")
     video = Path(args.video)
     check_out(video, Path(args.out))
     frames = open_frames(video)

@@ -6,7 +6,9 @@
 
 A video file is decoded sequentially: reading forward is cheap, reading back before the kept frames reopens
 the file and decodes from the start (the tracker reads forward, so this happens only when tracking backward
-from a prompt frame > 0). Nothing holds more than ``keep`` decoded frames, whatever the video's length.
+from a prompt frame > 0; then ``BACKWARD_BLOCK`` frames stay decoded, so each re-decode serves that many frames:
+for a long video with a late prompt frame, a frame folder is faster). Nothing holds more than ``keep`` decoded
+frames, whatever the video's length.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from PIL import Image
 from evf.errors import UserError, first_line
 from evf.io import exif_orientation, read_image
 
+BACKWARD_BLOCK = 16  # frames a video file keeps decoded once read backward (each re-decode then serves 16 reads)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -142,6 +145,8 @@ class VideoFileFrames(Frames):
 
     def read(self, index: int) -> np.ndarray:
         if self.decoder is None or index < self.next_index:
+            if self.decoder is not None:  # reading backward: keep a block of frames per re-decode, not 4
+                self.keep = max(self.keep, BACKWARD_BLOCK)
             self.close()
             self.container = self.av.open(str(self.path))
             self.decoder, self.next_index = self.container.decode(video=0), 0

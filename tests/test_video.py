@@ -222,3 +222,37 @@ def test_zero_frame_video_and_sam1_are_refused(tmp_path):
         open_frames(tmp_path / "empty.mp4")
     with pytest.raises(UserError, match=r"^video prediction needs a SAM-2 backend; this model's is sam1_tiny$"):
         predict_video(SimpleNamespace(sam=SimpleNamespace(name="sam1_tiny")), moving_shapes(2), ["x"])  # at the call
+
+
+def test_overlay_video_of_odd_sized_frames(tmp_path):
+    """H.264 needs even sides: odd frames are padded by one pixel, every frame is written, masks read back from disk."""
+    from evf.video_frames import open_frames
+    from evf.video_outputs import write_masks, write_overlay_video
+
+    frames = open_frames([f[:47, :63] for f in moving_shapes()])
+    masks = np.zeros((2, 47, 63), bool)
+    masks[0, 10:30, 5:25] = True
+    for t in range(len(frames)):
+        write_masks(tmp_path, PROMPTS, t, len(frames), masks, "indexed")
+    write_overlay_video(tmp_path, frames, PROMPTS, "indexed", fps=12.5)
+    with av.open(str(tmp_path / "overlay.mp4")) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 3 and decoded[0].shape == (48, 64, 3)
+    inside, outside = decoded[0][15:25, 10:20].astype(int), decoded[0][2:8, 40:60].astype(int)
+    assert abs(inside.mean(axis=(0, 1)) - [135, 80, 130]).max() < 12  # red square blended with the first colour
+    assert abs(outside.mean(axis=(0, 1)) - 30).max() < 6
+
+
+def test_video_file_frames_read_forward_then_backward(tmp_path, monkeypatch):
+    """The tracker's order with a later prompt frame; reading backward re-decodes once per block, not per frame."""
+    from evf import video_frames
+
+    source = [np.full((16, 16, 3), 10 * t, np.uint8) for t in range(24)]
+    write_lossless_mp4(tmp_path / "clip.mp4", source)
+    frames = video_frames.open_frames(tmp_path / "clip.mp4")
+    opens = []
+    real_open = av.open
+    monkeypatch.setattr(frames.av, "open", lambda *a, **k: opens.append(1) or real_open(*a, **k))
+    order = list(range(20, 24)) + list(range(19, -1, -1))
+    assert all(np.array_equal(frames[t], source[t]) for t in order)
+    assert len(opens) == 3  # the forward pass, then 20 backward frames in blocks of 16

@@ -84,6 +84,12 @@ class EVFSAM(nn.Module):
             raise ValueError("give at least one prompt")  # before the expensive image embedding
         return self.set_image(image).predict(prompts, max_batch)
 
+    def predict_video(self, frames, prompts: Sequence[str], **kwargs):
+        """Track each prompt through a video (SAM-2 backends; a generator of per-frame masks): ``evf.video.predict_video``."""
+        from evf.video import predict_video
+
+        return predict_video(self, frames, prompts, **kwargs)
+
     # -- official release folders --------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,

@@ -28,8 +28,9 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: evf <command> [options]   (evf <command> --help for details)", "", "commands:"]
-    lines += [f"  {c:<10} LightningCLI: {c} a model from YAML (experiments/*.yaml)" for c in LIGHTNING_COMMANDS]
-    lines += [f"  {c:<10} {help_}" for c, (_, help_) in COMMANDS.items()]
+    width = max(map(len, [*LIGHTNING_COMMANDS, *COMMANDS]))
+    lines += [f"  {c:<{width}} LightningCLI: {c} a model from YAML (experiments/*.yaml)" for c in LIGHTNING_COMMANDS]
+    lines += [f"  {c:<{width}} {help_}" for c, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

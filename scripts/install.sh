@@ -7,4 +7,3 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q -U pip "setuptools>=68" wheel
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 SAM2_BUILD_CUDA=0 DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation -e ".[dev]"
-python -m pip install -q "av>=12"  # the [video] extra (tests/test_video.py reads and writes MP4 files)

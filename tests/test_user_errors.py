@@ -238,3 +238,13 @@ def test_one_line_messages():
         "Error(s) in loading state_dict for M: size mismatch for w"
     assert first_line(ValueError("\n  first  \nsecond")) == "first" and first_line(KeyError()) == "KeyError"
     assert pickle.loads(pickle.dumps(UserError("x"))).args == ("x",)
+
+
+def test_help_lists_every_command_with_aligned_descriptions(capsys):
+    from evf.cli import COMMANDS, LIGHTNING_COMMANDS, main
+
+    assert main(["--help"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [row.split()[0] for row in rows] == [*LIGHTNING_COMMANDS, *COMMANDS]
+    columns = {len(row) - len(row[2:].split(" ", 1)[1].lstrip()) for row in rows}  # where each description starts
+    assert len(columns) == 1, rows

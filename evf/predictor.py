@@ -80,8 +80,8 @@ class ImageSession:
             ids = tokens["input_ids"][start: start + step].to(self.device)
             padding = tokens["padding_mask"][start: start + step].to(self.device)
             enc = self.enc_image[None].expand(len(ids), -1, -1, -1)
-            tokens, present = self.model.prompt_tokens_and_presence(enc, ids, padding)
-            logits, iou = self.model.sam.decode(self.embedding, tokens)
+            prompt_tokens, present = self.model.prompt_tokens_and_presence(enc, ids, padding)
+            logits, iou = self.model.sam.decode(self.embedding, prompt_tokens)
             full = (self.model.sam.postprocess(logits[:, 0], self.input_size, self.original_size) > 0).cpu()
             if present is not None:
                 presence.append(presence_scores(present).cpu())

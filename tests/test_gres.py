@@ -105,6 +105,8 @@ def test_threshold_empties_masks_everywhere(rgb_image):
         raw = torch.stack([lg > 0 for lg in model(batch_for(model, rgb_image, PROMPTS))])
     assert raw.any()
     kept = model.predict_with_scores(rgb_image, PROMPTS)
+    chunked = model.predict_with_scores(rgb_image, PROMPTS, max_batch=2)  # two chunks, as one call
+    assert torch.equal(chunked.masks, kept.masks) and torch.allclose(chunked.presence, kept.presence)
     assert torch.equal(kept.masks, raw) and torch.allclose(kept.presence, torch.full((3,), torch.tensor(3.0).sigmoid().item()))
     model.presence_threshold = 0.99  # above sigmoid(3) = 0.953: every mask is rejected
     rejected = model.predict_with_scores(rgb_image, PROMPTS)

@@ -23,6 +23,16 @@ class PresenceHead(nn.Sequential):
         super().__init__(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, 1))
 
 
+def attach_presence_head(model: nn.Module, presence_weight: float = 1.0,
+                         presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD) -> nn.Module:
+    """Give a loaded ``EVFSAM`` (e.g. official weights, which have no head) a freshly initialised presence head, on
+    the projector's device and dtype, to fine-tune on gRES data."""
+    first = model.projector[0].weight
+    model.presence = PresenceHead(model.encoder.out_dim).to(device=first.device, dtype=first.dtype)
+    model.presence_weight, model.presence_threshold = presence_weight, presence_threshold
+    return model
+
+
 def has_target(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Bool ``[B]``: which target masks have at least one foreground pixel."""
     return torch.stack([m.any() for m in masks])

@@ -139,6 +139,12 @@ def create_model(name: str, checkpoint: str | None = None, encoder: dict[str, An
         return EVFSAM(ENCODERS.create(preset.encoder, **encoder_args), SAM_BACKENDS.create(preset.sam, **sam_args), **model_args)
     if "checkpoint" in (encoder or {}) or "checkpoint" in (sam or {}):
         raise ConfigError(f"create_model({name!r}): give weights as a release folder (checkpoint=) or per plugin, not both")
+    if presence_head:  # a release has no presence head: load it as released, then add a fresh head to fine-tune
+        from evf.presence import attach_presence_head
+
+        model_args = {k: v for k, v in model_args.items() if not k.startswith("presence_")}
+        model = load_release_into_preset(name, preset, Path(checkpoint), encoder_args, sam_args, model_args)
+        return attach_presence_head(model, presence_weight, presence_threshold)
     return load_release_into_preset(name, preset, Path(checkpoint), encoder_args, sam_args, model_args)
 
 

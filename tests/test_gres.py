@@ -52,9 +52,16 @@ def test_head_off_keeps_state_dict_outputs_and_loss(rgb_image):
     assert torch.equal(default.predict(rgb_image, PROMPTS), torch.stack([lg > 0 for lg in logits]))
 
 
-def test_release_folder_refuses_a_presence_head(tmp_path):
+def test_release_folder_refuses_a_presence_head_and_loads_under_a_fresh_one(tmp_path, release):
     with pytest.raises(ValueError, match="no presence head"):
         build(True).save_pretrained(tmp_path / "release")
+    import evf
+
+    plain, with_head = (evf.create_model("tiny-beit3-sam1", checkpoint=str(release), presence_head=on) for on in (False, True))
+    assert plain.presence is None and with_head.presence is not None and with_head.presence_threshold == 0.5
+    heads = {k for k in with_head.state_dict() if k.startswith("presence.")}
+    assert set(with_head.state_dict()) - heads == set(plain.state_dict())
+    assert all(torch.equal(v, with_head.state_dict()[k]) for k, v in plain.state_dict().items())
 
 
 # -- loss -------------------------------------------------------------------------------------------
@@ -230,7 +237,7 @@ def test_predict_command_writes_presence_scores_and_applies_the_threshold(tmp_pa
     import json
 
     from evf.cli import main as evf
-    from tests.cli_helpers import assert_one_line_error
+    from tests.cli_helpers import assert_one_line_error, read_png
     from tests.tiny_artifacts import write_image
 
     config = tmp_path / "gres.yaml"
@@ -243,8 +250,16 @@ def test_predict_command_writes_presence_scores_and_applies_the_threshold(tmp_pa
     capsys.readouterr()
     none = json.loads((tmp_path / "none" / "predictions.json").read_text())["images"][0]
     assert len(none["presence"]) == 2 and all(0 < p < 1 for p in none["presence"])
-    from tests.cli_helpers import read_png
     assert all(not read_png(tmp_path / "none" / f).any() for f in none["files"] if f != "overlay.png")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_image(folder / "a.png")
+    assert evf(["predict", *args[1:3], "--image", str(folder), *args[5:], "--out", str(tmp_path / "many"),
+                "--presence-threshold", "1", "--no-progress"]) == 0  # the many-images form (Lightning's predict loop)
+    capsys.readouterr()
+    many = json.loads((tmp_path / "many" / "predictions.json").read_text())["images"][0]
+    assert many["folder"] == "a.png" and len(many["presence"]) == 2
+    assert all(not read_png(tmp_path / "many" / f).any() for f in many["files"] if not f.endswith("overlay.png"))
     code = evf(["predict", "--checkpoint", str(release), "--image", str(image), "--prompt", "x", "--out",
                 str(tmp_path / "no-head"), "--presence-threshold", "0.5"])
     assert_one_line_error(code, capsys.readouterr().err, "has no presence head")

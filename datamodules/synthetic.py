@@ -8,6 +8,13 @@ Grammar (the target is always unique under its expression, so the image is neede
           | "the" SHAPE "on the" (left|right)      (target is the left/right-most of its shape)
           | "the" (top|bottom) SHAPE               (target is the top/bottom-most of its shape)
           | "the" (largest|smallest) SHAPE         (target is the largest/smallest of its shape)
+
+Generalized (gRefCOCO-style) expressions, off by default (``absent_fraction`` / ``multi_fraction``; docs/gres.md):
+
+    absent := "the" COLOR SHAPE | "the" COLOR "shape"    (no such object in the scene: empty mask)
+            | "the" COLOR (star|ring|cross)             (a kind never drawn; ABSENT_UNDRAWN_SHARE of absent ones)
+    multi  := "all" SHAPE "s" | "every" SHAPE | "all" COLOR "shapes" | "all" COLOR SHAPE "s"
+                                                         (>= 2 visible objects match: the union of their masks)
 """
 from __future__ import annotations
 
@@ -23,6 +30,9 @@ COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "
           "purple": (150, 60, 200)}
 SHAPES = ("square", "circle", "triangle", "diamond")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+UNDRAWN_KINDS = ("star", "ring", "cross")  # words the toy tokenizer knows, shapes the generator never draws
+ABSENT_UNDRAWN_SHARE = 0.2  # of absent expressions; the rest name a drawable object missing from this scene
+GRES_STREAM = 29  # the family draw has its own random stream: the scene stream of a sample is unchanged
 
 
 @dataclass
@@ -115,8 +125,43 @@ def make_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> tup
     return np.clip(image, 0, 255).astype(np.uint8), shapes, masks
 
 
-def generate_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
+def absent_expressions(shapes: list[Shape]) -> tuple[list[str], list[str]]:
+    """(expressions naming a drawable object that is not in the scene, expressions naming an undrawn kind)."""
+    combos = {(s.color, s.kind) for s in shapes}
+    colors = {s.color for s in shapes}
+    missing = [f"the {c} {k}" for c in COLORS for k in SHAPES if (c, k) not in combos]
+    missing += [f"the {c} shape" for c in COLORS if c not in colors]
+    return missing, [f"the {c} {k}" for c in COLORS for k in UNDRAWN_KINDS]
+
+
+def multi_expressions(shapes: list[Shape], masks: list[np.ndarray]) -> list[tuple[str, list[int]]]:
+    """Expressions matching at least two visible objects, each with the indices of every object it names."""
+    visible = [i for i, m in enumerate(masks) if m.any()]
+    groups: list[tuple[list[str], list[int]]] = []
+    for k in SHAPES:
+        groups.append(([f"all {k}s", f"every {k}"], [i for i in visible if shapes[i].kind == k]))
+        for c in COLORS:
+            groups.append(([f"all {c} {k}s"], [i for i in visible if shapes[i].kind == k and shapes[i].color == c]))
+    for c in COLORS:
+        groups.append(([f"all {c} shapes"], [i for i in visible if shapes[i].color == c]))
+    return [(text, members) for texts, members in groups if len(members) >= 2 for text in texts]
+
+
+def gres_family(seed: int, split: str, index: int, absent_fraction: float, multi_fraction: float) -> str:
+    """``single`` / ``absent`` / ``multi`` for one sample; no draw at all when both fractions are 0."""
+    if absent_fraction <= 0 and multi_fraction <= 0:
+        return "single"
+    u = np.random.default_rng([seed, SPLIT_IDS[split], index, GRES_STREAM]).random()
+    return "absent" if u < absent_fraction else "multi" if u < absent_fraction + multi_fraction else "single"
+
+
+def generate_sample(seed: int, split: str, index: int, size: int = 96, absent_fraction: float = 0.0,
+                    multi_fraction: float = 0.0) -> dict:
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    family = gres_family(seed, split, index, absent_fraction, multi_fraction)
+    ids = {"id": f"{split}-{index}", "image_id": f"{split}-{index}"}
+    if family != "single":
+        return generate_gres_sample(rng, size, family) | ids
     while True:
         image, shapes, masks = make_scene(rng, size)
         order = rng.permutation(len(shapes))
@@ -128,11 +173,35 @@ def generate_sample(seed: int, split: str, index: int, size: int = 96) -> dict:
                         "image_id": f"{split}-{index}"}
 
 
+def generate_gres_sample(rng: np.random.Generator, size: int, family: str) -> dict:
+    """An ``absent`` (empty mask) or ``multi`` (union of every matching object) sample on a fresh scene."""
+    while True:
+        image, shapes, masks = make_scene(rng, size)
+        if family == "absent":
+            missing, undrawn = absent_expressions(shapes)
+            text = str(rng.choice(undrawn if rng.random() < ABSENT_UNDRAWN_SHARE else missing))
+            return {"image": image, "mask": np.zeros(image.shape[:2], dtype=bool), "text": text, "family": family}
+        options = multi_expressions(shapes, masks)
+        if options:
+            text, members = options[int(rng.integers(len(options)))]
+            return {"image": image, "mask": np.logical_or.reduce([masks[i] for i in members]), "text": text,
+                    "family": family}
+
+
+def check_fractions(absent_fraction: float, multi_fraction: float) -> None:
+    if not (0 <= absent_fraction <= 1 and 0 <= multi_fraction <= 1 and absent_fraction + multi_fraction <= 1):
+        raise ConfigError(f"absent_fraction {absent_fraction} and multi_fraction {multi_fraction} must be in [0, 1] "
+                          "with a sum of at most 1")
+
+
 class SyntheticRefDataset(Dataset):
-    def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96):
+    def __init__(self, split: str, length: int, seed: int = 0, image_size: int = 96, absent_fraction: float = 0.0,
+                 multi_fraction: float = 0.0):
         if split not in SPLIT_IDS:
             raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_IDS)}")
+        check_fractions(absent_fraction, multi_fraction)
         self.split, self.length, self.seed, self.image_size = split, length, seed, image_size
+        self.absent_fraction, self.multi_fraction = absent_fraction, multi_fraction
 
     def __len__(self) -> int:
         return self.length
@@ -140,17 +209,20 @@ class SyntheticRefDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        return generate_sample(self.seed, self.split, index, self.image_size)
+        return generate_sample(self.seed, self.split, index, self.image_size, self.absent_fraction, self.multi_fraction)
 
 
 @DATAMODULES.register("synthetic", tiny={"train_size": 8, "val_size": 3, "test_size": 5, "batch_size": 2})
 class SyntheticRefDataModule(RefSegDataModule):
-    """The embedded default: no files needed. Split sizes are sample counts per split."""
+    """The embedded default: no files needed. Split sizes are sample counts per split. ``absent_fraction`` /
+    ``multi_fraction``: shares of no-target and multi-target expressions in every split (gRES; default 0)."""
 
     def __init__(self, train_size: int = 4000, val_size: int = 100, test_size: int = 200, seed: int = 0,
                  image_size: int = 96, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 embedding_cache: str | None = None):
+                 embedding_cache: str | None = None, absent_fraction: float = 0.0, multi_fraction: float = 0.0):
         super().__init__(batch_size, eval_batch_size, num_workers, embedding_cache=embedding_cache)
+        check_fractions(absent_fraction, multi_fraction)
+        self.fractions = (absent_fraction, multi_fraction)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.seed = seed
         self.image_size = image_size
@@ -158,4 +230,4 @@ class SyntheticRefDataModule(RefSegDataModule):
     def raw_dataset(self, split: str) -> SyntheticRefDataset:
         if split not in self.sizes:
             raise ConfigError(f"unknown split {split!r} of {type(self).__name__}; choose from {sorted(self.sizes)}")
-        return SyntheticRefDataset(split, self.sizes[split], self.seed, self.image_size)
+        return SyntheticRefDataset(split, self.sizes[split], self.seed, self.image_size, *self.fractions)

@@ -83,9 +83,11 @@ class ImageStream(IterableDataset):
 class BulkPredictModule(LightningModule):
     """``predict_step``: one image -> ``ImageSession`` -> masks of all its prompts -> handed to the writer thread."""
 
-    def __init__(self, model: EVFSAM, write: Writer, max_batch: int | None = DEFAULT_MAX_BATCH, max_pending_writes: int = 4):
+    def __init__(self, model: EVFSAM, write: Writer, max_batch: int | None = DEFAULT_MAX_BATCH, max_pending_writes: int = 4,
+                 presence_sink: Callable[[str, list[float]], Any] | None = None):
         super().__init__()
         self.model = model
+        self.presence_sink = presence_sink  # gets (out_name, presence scores) per image, for a presence-head model
         self.write, self.max_batch, self.max_pending_writes = write, max_batch, max_pending_writes
         self.tokenizer = model.encoder.tokenizer  # loaded once, not per image
         self.writer: ThreadPoolExecutor | None = None
@@ -97,7 +99,10 @@ class BulkPredictModule(LightningModule):
         self.trainer.strategy.barrier("evf-outputs-cleared")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        masks = ImageSession(self.model, batch["sample"], self.tokenizer).predict(batch["prompts"], self.max_batch)
+        result = ImageSession(self.model, batch["sample"], self.tokenizer).predict_with_scores(batch["prompts"], self.max_batch)
+        if result.presence is not None and self.presence_sink is not None:
+            self.presence_sink(batch["out_name"], result.presence.tolist())
+        masks = result.masks
         self.pending.append(self.writer.submit(self.write, Path(batch["out_name"]), batch["image"], batch["prompts"],
                                                masks.numpy()))
         # bounded: outputs waiting to be written never pile up in memory; a failed write is raised here
@@ -164,7 +169,7 @@ def quiet_lightning() -> Iterator[None]:
 
 def run_bulk(model: EVFSAM, items: Sequence[BulkItem], write: Writer, accelerator: str = "cpu",
              devices: int | list[int] = 1, max_batch: int | None = DEFAULT_MAX_BATCH, threads: int = 2,
-             prefetch: int = 4, progress: bool = True) -> bool:
+             prefetch: int = 4, progress: bool = True, presence_sink: Callable[[str, list[float]], Any] | None = None) -> bool:
     """Segment every item and hand each image's masks to ``write``; returns whether this is process 0.
 
     ``devices``: a count (``accelerator="cuda", devices=4``: four GPUs, one process each) or a list of
@@ -180,7 +185,7 @@ def run_bulk(model: EVFSAM, items: Sequence[BulkItem], write: Writer, accelerato
         trainer = Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, inference_mode=True,
                           callbacks=[ImagesProgressBar(len(items), progress)])
-        module = BulkPredictModule(model.eval(), write, max_batch)
+        module = BulkPredictModule(model.eval(), write, max_batch, presence_sink=presence_sink)
         sigint = signal.getsignal(signal.SIGINT)
         try:
             trainer.predict(module, dataloaders=loader, return_predictions=False)

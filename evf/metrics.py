@@ -5,6 +5,12 @@
 - P@t = fraction of samples with IoU > t, for t in 0.5 … 0.9.
 - no-target accuracy (gRefCOCO-style data): among samples whose target is empty, the fraction
   predicted empty; ``nan`` when the split has none.
+- N_acc / T_acc (gRefCOCO's names and definitions, ReLA's ``refer_evaluation.py``): among no-target
+  samples the fraction predicted empty (= no_target_acc), among samples with a target the fraction
+  predicted non-empty; ``nan`` when the split has none of that kind (ReLA reports 0 for both when a
+  split has no no-target sample). A prediction counts as "no target" exactly when its mask is empty
+  (a presence head empties the masks it rejects), so gIoU and cIoU above are gRefCOCO's: a no-target
+  sample scores IoU 1 if predicted empty, else 0 and its predicted area joins the cIoU union.
 - samples = how many samples were counted (every sample exactly once, however many processes).
 - ignore masks (optional, per sample; e.g. ReasonSeg's "ignore" regions): their pixels count in neither
   the intersection nor the union of that sample, nor in its prediction or target emptiness.
@@ -70,6 +76,8 @@ class ReferringSegmentationMetrics(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hits", default=torch.zeros(len(PRECISION_THRESHOLDS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("ious", default=[], dist_reduce_fx="cat")
+        for name in ("target", "target_correct"):  # T_acc counts (gRES)
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
                ignores: Sequence[torch.Tensor | None] | None = None) -> None:
@@ -86,10 +94,13 @@ class ReferringSegmentationMetrics(Metric):
             if not target.any():
                 self.no_target += 1
                 self.no_target_correct += float(not pred.any())
+            else:
+                self.target += 1
+                self.target_correct += float(bool(pred.any()))
         self.ious.append(rows[:, 2])
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Scalar float64 tensors: cIoU, gIoU, P@0.5 … P@0.9, no_target_acc, samples."""
+        """Scalar float64 tensors: cIoU, gIoU, P@0.5 … P@0.9, no_target_acc, N_acc, T_acc, samples."""
         ious = dim_zero_cat(self.ious) if isinstance(self.ious, torch.Tensor) or self.ious else torch.zeros(0)
         count = max(float(self.count), 1.0)
         f64 = {"dtype": torch.float64, "device": self.count.device}
@@ -101,5 +112,7 @@ class ReferringSegmentationMetrics(Metric):
             out[f"P@{t}"] = hits / count
         nan = torch.tensor(float("nan"), **f64)
         out["no_target_acc"] = self.no_target_correct / self.no_target if self.no_target > 0 else nan
+        out["N_acc"] = out["no_target_acc"].clone()
+        out["T_acc"] = self.target_correct / self.target if self.target > 0 else nan.clone()
         out["samples"] = self.count.clone()
         return out

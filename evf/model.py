@@ -13,7 +13,8 @@ from torch import nn
 from evf import release
 from evf.data import Preprocessor
 from evf.encoders import MultimodalEncoder
-from evf.predictor import DEFAULT_MAX_BATCH, ImageSession
+from evf.predictor import DEFAULT_MAX_BATCH, ImageSession, Prediction
+from evf.presence import DEFAULT_PRESENCE_THRESHOLD, PresenceHead, has_target, mask_loss_over_targets, presence_bce
 from evf.release import OFFICIAL_BACKENDS, OFFICIAL_PREFIXES, WEIGHT_FILES, rename_official  # noqa: F401 (re-exported)
 from evf.sam import SamBackend
 
@@ -34,10 +35,15 @@ class EVFSAM(nn.Module):
         sam: a SAM-backend plugin (prompt width read from ``sam.prompt_dim``).
         train_encoder: paper Tab.6 switch for the multimodal encoder.
         bce_weight, dice_weight: loss weights (paper: 1.0 each).
+        presence_head: add the no-target classifier of generalized RES (``evf.presence``; docs/gres.md). Off in the
+            paper recipe: the module, its state dict and its outputs are then exactly those without this option.
+        presence_weight: weight of the presence BCE in the loss.
+        presence_threshold: at inference, masks whose presence score is below it are emptied.
     """
 
     def __init__(self, encoder: MultimodalEncoder, sam: SamBackend, train_encoder: bool = True,
-                 bce_weight: float = 1.0, dice_weight: float = 1.0):
+                 bce_weight: float = 1.0, dice_weight: float = 1.0, presence_head: bool = False,
+                 presence_weight: float = 1.0, presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD):
         super().__init__()
         self.encoder = encoder
         self.sam = sam
@@ -46,6 +52,9 @@ class EVFSAM(nn.Module):
         self.encoder.requires_grad_(train_encoder)
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
+        self.presence = PresenceHead(width) if presence_head else None  # None: no parameters, no state-dict keys
+        self.presence_weight = presence_weight
+        self.presence_threshold = presence_threshold
 
     def preprocessor(self) -> Preprocessor:
         """Picklable per-sample preprocessing for dataloader workers (holds no weights)."""
@@ -55,6 +64,12 @@ class EVFSAM(nn.Module):
         """``[B, 1, prompt_dim]`` sparse prompt tokens from the fused feature."""
         return self.projector(self.encoder(enc_images, input_ids, padding_mask))[:, None]
 
+    def prompt_tokens_and_presence(self, enc_images: torch.Tensor, input_ids: torch.Tensor,
+                                   padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt tokens and the presence logits ``[B]`` from one encoder pass (``None`` without the head)."""
+        feature = self.encoder(enc_images, input_ids, padding_mask)
+        return self.projector(feature)[:, None], None if self.presence is None else self.presence(feature)[:, 0]
+
     def image_embeddings(self, batch: dict) -> torch.Tensor:
         if "sam_embeddings" in batch:  # read from a frozen-embedding cache
             return batch["sam_embeddings"]
@@ -62,14 +77,27 @@ class EVFSAM(nn.Module):
 
     def forward(self, batch: dict) -> list[torch.Tensor]:
         """Mask logits at each sample's original resolution: a list of ``[H_i, W_i]`` fp32 tensors."""
-        tokens = self.prompt_tokens(batch["enc_images"], batch["input_ids"], batch["padding_mask"])
+        return self.forward_with_presence(batch)[0]
+
+    def forward_with_presence(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """``forward``'s mask logits and the presence logits ``[B]`` (``None`` without the presence head)."""
+        tokens, presence = self.prompt_tokens_and_presence(batch["enc_images"], batch["input_ids"], batch["padding_mask"])
         low_res, _ = self.sam.decode(self.image_embeddings(batch), tokens)
         return [self.sam.postprocess(low_res[i, 0], batch["input_sizes"][i].tolist(), batch["original_sizes"][i].tolist())
-                for i in range(len(low_res))]
+                for i in range(len(low_res))], presence
 
-    def loss(self, logits: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, logits: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+             presence_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Mean BCE + Dice over the samples; with ``presence_logits`` (gRES), the mask loss is averaged over the
+        samples that have a target only and ``presence_weight`` x the presence BCE is added (key ``presence``)."""
         parts = [bce_dice_loss(lg, m, self.bce_weight, self.dice_weight) for lg, m in zip(logits, masks)]
-        return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+        if presence_logits is None:
+            return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+        present = has_target(masks)
+        out = mask_loss_over_targets(parts, present)
+        out["presence"] = presence_bce(presence_logits, present)
+        out["loss"] = out["loss"] + self.presence_weight * out["presence"]
+        return out
 
     def set_image(self, image: np.ndarray) -> ImageSession:
         """Embed ``image`` (``uint8 [H, W, 3]``) once; the returned session answers any number of prompts."""
@@ -83,6 +111,13 @@ class EVFSAM(nn.Module):
         if not prompts:
             raise ValueError("give at least one prompt")  # before the expensive image embedding
         return self.set_image(image).predict(prompts, max_batch)
+
+    def predict_with_scores(self, image: np.ndarray, prompts: Sequence[str],
+                            max_batch: int | None = DEFAULT_MAX_BATCH) -> Prediction:
+        """``predict``'s masks with their scores (``evf.predictor.Prediction``; ``presence`` set with the head on)."""
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        return self.set_image(image).predict_with_scores(prompts, max_batch)
 
     def predict_video(self, frames, prompts: Sequence[str], **kwargs):
         """Track each prompt through a video (SAM-2 backends; a generator of per-frame masks): ``evf.video.predict_video``."""
@@ -108,4 +143,6 @@ class EVFSAM(nn.Module):
         config.json, model.safetensors (official key names; floating weights in ``dtype``, default
         the model's own) and the encoder's tokenizer files. The folder is replaced as a whole.
         """
+        if self.presence is not None:
+            raise ValueError(f"{folder}: the official release format has no presence head; save this model as a checkpoint")
         return release.save_release(self, folder, dtype)

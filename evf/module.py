@@ -17,6 +17,7 @@ from evf.io import atomic_path
 from evf.metrics import ReferringSegmentationMetrics, per_sample
 from evf.model import EVFSAM
 from evf.optim import linear_schedule
+from evf.presence import presence_scores, reject_absent
 
 # SAM's image encoder is frozen and kept in eval mode on purpose; Lightning's notice about it is noise.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -52,14 +53,23 @@ class EVFSAMModule(L.LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.model.loss(self.model(batch), batch["masks"])
+        if self.model.presence is None:  # the paper recipe
+            losses = self.model.loss(self.model(batch), batch["masks"])
+        else:  # gRES: the presence logits join the loss (docs/gres.md)
+            logits, presence = self.model.forward_with_presence(batch)
+            losses = self.model.loss(logits, batch["masks"], presence)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["masks"]))
         return losses["loss"]
 
     def evaluate(self, batch: dict, metrics: ReferringSegmentationMetrics) -> list[torch.Tensor]:
         """Updates ``metrics`` with the boolean masks (original resolution; a batch's ``ignore_masks``, if any,
-        are left out of the scores) and returns them."""
-        preds = [lg > 0 for lg in self.model(batch)]
+        are left out of the scores) and returns them; with a presence head, the masks it rejects (score below
+        ``model.presence_threshold``) are empty."""
+        if self.model.presence is None:
+            preds = [lg > 0 for lg in self.model(batch)]
+        else:
+            logits, presence = self.model.forward_with_presence(batch)
+            preds = reject_absent([lg > 0 for lg in logits], presence_scores(presence), self.model.presence_threshold)
         metrics.update(preds, batch["masks"], batch.get("ignore_masks"))
         return preds
 

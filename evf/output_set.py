@@ -66,6 +66,7 @@ class OutputSet:
         self.images = list(images)
         self.files = [rel for image in self.images for rel in image.files]
         self.manifest = self.out / MANIFEST_NAME
+        self.presence: dict[str, list[float]] = {}  # image folder -> presence score per prompt (gRES models)
 
     def previous(self) -> tuple[list[str], str | None]:
         """``(files, status)`` of the manifest an earlier call left, ``([], None)`` if there is none."""
@@ -163,6 +164,9 @@ class OutputSet:
         record = {"format": FORMAT, "status": status, "files": list(files),
                   "images": [{"image": str(i.image), "folder": i.folder, "prompts": list(i.prompts), "files": list(i.files)}
                              for i in self.images]}
+        for image in record["images"]:
+            if image["folder"] in self.presence:
+                image["presence"] = self.presence[image["folder"]]
         if error:
             record["error"] = error
         write_text_atomic(self.manifest, json.dumps(record, indent=1) + "\n")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from evf.presence import presence_scores, reject_absent
+
 if TYPE_CHECKING:
     from evf.model import EVFSAM
 
@@ -29,11 +31,14 @@ class Prediction:
     masks: bool ``[N, H, W]`` at the image's original size (logit > 0).
     scores: fp32 ``[N]``, SAM's predicted IoU of each mask.
     low_res_logits: fp32 ``[N, h, w]``, the mask decoder's output before post-processing (h = w = 256 for SAM-1).
+    presence: fp32 ``[N]``, the presence head's probability that the prompt refers to something (``None`` for a
+        model without the head); masks scoring below ``model.presence_threshold`` are empty (docs/gres.md).
     """
 
     masks: torch.Tensor
     scores: torch.Tensor
     low_res_logits: torch.Tensor
+    presence: torch.Tensor | None = None
 
 
 class ImageSession:
@@ -70,14 +75,18 @@ class ImageSession:
         # Tokenized together so every chunk is padded to the same length as an unchunked call: chunked == unchunked.
         tokens = self.tokenizer(prompts)
         step = max_batch or len(prompts)
-        masks, scores, low_res = [], [], []
+        masks, scores, low_res, presence = [], [], [], []
         for start in range(0, len(prompts), step):
             ids = tokens["input_ids"][start: start + step].to(self.device)
             padding = tokens["padding_mask"][start: start + step].to(self.device)
             enc = self.enc_image[None].expand(len(ids), -1, -1, -1)
-            logits, iou = self.model.sam.decode(self.embedding, self.model.prompt_tokens(enc, ids, padding))
-            full = self.model.sam.postprocess(logits[:, 0], self.input_size, self.original_size)
-            masks.append((full > 0).cpu())
+            prompt_tokens, present = self.model.prompt_tokens_and_presence(enc, ids, padding)
+            logits, iou = self.model.sam.decode(self.embedding, prompt_tokens)
+            full = (self.model.sam.postprocess(logits[:, 0], self.input_size, self.original_size) > 0).cpu()
+            if present is not None:
+                presence.append(presence_scores(present).cpu())
+                full = reject_absent(full, presence[-1], self.model.presence_threshold)
+            masks.append(full)
             scores.append(iou[:, 0].float().cpu())
             low_res.append(logits[:, 0].float().cpu())
-        return Prediction(torch.cat(masks), torch.cat(scores), torch.cat(low_res))
+        return Prediction(torch.cat(masks), torch.cat(scores), torch.cat(low_res), torch.cat(presence) if presence else None)

@@ -116,7 +116,8 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def create_model(name: str, checkpoint: str | None = None, encoder: dict[str, Any] | None = None,
                  sam: dict[str, Any] | None = None, train_encoder: bool = True, bce_weight: float = 1.0,
-                 dice_weight: float = 1.0) -> EVFSAM:
+                 dice_weight: float = 1.0, presence_head: bool = False, presence_weight: float = 1.0,
+                 presence_threshold: float = 0.5) -> EVFSAM:
     """The ``EVFSAM`` a preset names (``evf.list_models()``), with random weights or ``checkpoint``'s.
 
     Args:
@@ -127,14 +128,23 @@ def create_model(name: str, checkpoint: str | None = None, encoder: dict[str, An
         encoder, sam: arguments replacing the preset's for the encoder / SAM-backend plugin, e.g. the
             plugins' own weights ``{"checkpoint": ...}``, a tokenizer, the Tab.6 switches.
         train_encoder, bce_weight, dice_weight: as ``EVFSAM``.
+        presence_head, presence_weight, presence_threshold: the gRES no-target head, as ``EVFSAM`` (docs/gres.md).
     """
     preset = get_preset(name)
     encoder_args, sam_args = {**preset.encoder_args, **(encoder or {})}, {**preset.sam_args, **(sam or {})}
     model_args = {"train_encoder": train_encoder, "bce_weight": bce_weight, "dice_weight": dice_weight}
+    if presence_head:  # only when on: the paper recipe builds exactly what it did before
+        model_args.update(presence_head=True, presence_weight=presence_weight, presence_threshold=presence_threshold)
     if checkpoint is None:
         return EVFSAM(ENCODERS.create(preset.encoder, **encoder_args), SAM_BACKENDS.create(preset.sam, **sam_args), **model_args)
     if "checkpoint" in (encoder or {}) or "checkpoint" in (sam or {}):
         raise ConfigError(f"create_model({name!r}): give weights as a release folder (checkpoint=) or per plugin, not both")
+    if presence_head:  # a release has no presence head: load it as released, then add a fresh head to fine-tune
+        from evf.presence import attach_presence_head
+
+        model_args = {k: v for k, v in model_args.items() if not k.startswith("presence_")}
+        model = load_release_into_preset(name, preset, Path(checkpoint), encoder_args, sam_args, model_args)
+        return attach_presence_head(model, presence_weight, presence_threshold)
     return load_release_into_preset(name, preset, Path(checkpoint), encoder_args, sam_args, model_args)
 
 

@@ -23,7 +23,7 @@ SWEEP_FILE = "sweep.json"
 AVERAGE_COLUMN = "avg"
 # The scores evf.metrics computes per test set (a test keeps the two in step; importing it here would
 # import torch into `evf table`). "samples" is recorded too, but is a count, not a score.
-METRICS = ("cIoU", "gIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "no_target_acc")
+METRICS = ("cIoU", "gIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "no_target_acc", "N_acc", "T_acc")
 
 
 class ResultsError(UserError, ValueError):

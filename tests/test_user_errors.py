@@ -158,7 +158,7 @@ def test_table_with_an_unknown_metric_lists_the_metrics(work, capsys):
     finished_run(work / "results/a/seed0", {"test": {"refcoco/val": {"cIoU": 0.5, "gIoU": 0.4}}, "seed": 0})
     line = fails_in_one_line(capsys, ["table", str(work / "results"), "--metric", "bogus"], work)
     assert line == ("evf: error: unknown metric 'bogus'; choose from cIoU, gIoU, P@0.5, P@0.6, P@0.7, P@0.8, P@0.9, "
-                    "no_target_acc")
+                    "no_target_acc, N_acc, T_acc")
     experiment = work / "exp.yaml"
     experiment.write_text("model: {}\n")
     fails_in_one_line(capsys, ["sweep", str(experiment), "--out", str(work / "sweep"), "--metric", "ciou"], work,

@@ -56,6 +56,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="prompts decoded at once (bounds memory)")
     p.add_argument("--threads", type=int, default=2, help="many images: threads decoding images ahead of the model")
     p.add_argument("--no-progress", action="store_true", help="many images: no progress bar")
+    p.add_argument("--presence-threshold", type=float, metavar="P",
+                   help="models with a presence (no-target) head (docs/gres.md): a prompt whose presence score is below P "
+                        "gets an empty mask (default: the model's own, 0.5); the scores go into predictions.json "
+                        "(many images: with --devices 1)")
     return p.parse_args(list(argv))
 
 
@@ -101,13 +105,15 @@ def predict_many(args, prompts: list[str]) -> int:
     lead = is_rank_zero()  # with --devices N, Lightning runs this command again in N-1 more processes
     if lead:
         outputs.check()
-    model = load_model(args.checkpoint, args.config)
+    model = with_presence_threshold(load_model(args.checkpoint, args.config), args)
 
     def write(name: Path, image: np.ndarray, image_prompts: Sequence[str], masks: np.ndarray) -> None:
         write_outputs(folder / name, image, image_prompts, masks)
 
     with outputs.writing(lead):  # process 0 writes the manifest once every process has written its images
-        done = run_bulk(model, items, write, accelerator, devices, args.max_batch, args.threads, progress=not args.no_progress)
+        sink = (lambda name, scores: outputs.presence.__setitem__(Path(name).as_posix(), scores)) if args.devices == 1 else None
+        done = run_bulk(model, items, write, accelerator, devices, args.max_batch, args.threads, progress=not args.no_progress,
+                        presence_sink=sink)
     if done:
         print(f"{len(items)} images, {sum(len(i.prompts) for i in items)} masks -> {folder}")
     return 0
@@ -122,12 +128,24 @@ def predict_one(args, prompts: list[str]) -> int:
     outputs = OutputSet(folder, [image_outputs(args.image[0], ".", prompts)])
     outputs.check()  # before the slow model load
     device = parse_device(args.device)
-    model = load_model(args.checkpoint, args.config).to(device).eval()
+    model = with_presence_threshold(load_model(args.checkpoint, args.config), args).to(device).eval()
     with outputs.writing():
-        written = write_outputs(folder, image, prompts, model.predict(image, prompts, max_batch=args.max_batch).numpy())
+        result = model.predict_with_scores(image, prompts, max_batch=args.max_batch)
+        if result.presence is not None:
+            outputs.presence["."] = result.presence.tolist()
+        written = write_outputs(folder, image, prompts, result.masks.numpy())
     for path in written:
         print(path)
     return 0
+
+
+def with_presence_threshold(model, args):
+    """``model`` with ``--presence-threshold`` applied; refused for a model without a presence head."""
+    if args.presence_threshold is not None:
+        if getattr(model, "presence", None) is None:
+            raise UserError(f"--presence-threshold: {args.checkpoint} has no presence head (docs/gres.md)")
+        model.presence_threshold = args.presence_threshold
+    return model
 
 
 def main(argv: Sequence[str]) -> int:

@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from evf.errors import UserError, first_line
-from evf.transforms import to_rgb_uint8
 
 # Bump whenever read_image returns other pixels for some file: embedding caches record it and are refused
 # when it differs. 2: EXIF orientation applied, CMYK/YCCK and 16-bit modes converted like cv2.imread.
@@ -85,6 +84,8 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
     if im.mode in INTEGER_MODES:
         # 16/32-bit grayscale (PNG opens as "I;16" or "I"): keep the high byte, as cv2.imread does;
         # PIL's own convert would clip at 255 instead. Float images are refused by to_rgb_uint8.
+        from evf.transforms import to_rgb_uint8  # here, not at the top: evf.io stays free of torch
+
         array = np.array(im)
         if array.dtype.kind in "iu":
             array = (np.clip(array, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)

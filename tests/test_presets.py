@@ -88,6 +88,10 @@ def test_import_evf_is_cheap():
     code = "import sys, evf; print(sorted(m for m in ('torch', 'evf.presets', 'evf.model') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+    # nor does the file-writing layer: the kill tests' writer processes start in a fraction of a second
+    code = "import sys, evf.io; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "False"
 
 
 # -- building ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ COMMANDS = {
     "prepare": ("datamodules.prepare", "check a dataset folder or run a dataset pre-pass"),
     "cache": ("evf.commands.cache", "precompute frozen SAM image embeddings of a split"),
     "attention": ("evf.commands.attention", "save BEiT-3 attention heatmaps (paper Fig.8)"),
+    "export": ("evf.commands.export", "export a model as ONNX graphs for onnxruntime (evf.deploy)"),
 }
 
 

@@ -144,6 +144,7 @@ def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
     else:
         graph = onnx.load(str(stage / path.name))  # reads the side files too
         onnx.save(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+        os.chmod(path.with_name(path.name + ".data"), path.stat().st_mode)  # onnx creates it 0600; follow the umask
     shutil.rmtree(stage)
 
 

@@ -158,7 +158,9 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 @torch.no_grad()
 def export_onnx(model: nn.Module, out: str | os.PathLike, quantize: str | None = None) -> Path:
-    """Write the graphs, ``tokenizer.json`` and ``deploy.json`` of ``model`` (an ``EVFSAM``) into folder ``out``."""
+    """Write the graphs, ``tokenizer.json`` and ``deploy.json`` of ``model`` (an ``EVFSAM``) into folder ``out``.
+
+    The model is put in eval mode, fp32, on the CPU (in place), as the graphs are."""
     from evf.export_postprocess import build_postprocess
 
     check_exportable(model)
@@ -191,6 +193,8 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, quantize: str | None =
     if quantize == "int8":
         quantize_int8(out / GRAPHS["image_encoder"], out / INT8_IMAGE_ENCODER)
         graphs["image_encoder_int8"] = INT8_IMAGE_ENCODER
+    else:
+        (out / INT8_IMAGE_ENCODER).unlink(missing_ok=True)  # an earlier export's, for other weights
     from evf.predictor import DEFAULT_MAX_BATCH
 
     config = {

@@ -108,7 +108,7 @@ def test_unsupported_models_are_refused_in_one_line():
         check_exportable(SimpleNamespace(encoder=object(), sam=Sam1Backend.__new__(Sam1Backend)))
 
 
-# -- whole models (slow: one export is ~10 s of tracing on 2 cores) ----------------------------------------
+# -- whole models (slow: 3-7 s each on 2 quiet cores, mostly tracing) ---------------------------------------
 def assert_parity(model, folder, image, prompts=PROMPTS):
     """onnxruntime vs PyTorch: low-res and full-size logits within 1e-4, identical masks; 4 prompts in chunks of 3
     exercise prompt counts (1, 3) and lengths other than the export's."""

@@ -7,6 +7,7 @@
     python -m benchmarks.cache_speed         # (a) at the DataLoader level, modes interleaved
     python -m benchmarks.inference           # load, session, batched and bulk inference of release folders
     python -m benchmarks.load_footprint      # peak memory of loading a full-size release
+    python -m benchmarks.export              # ONNX export: onnxruntime fp32 / int8 vs PyTorch on the CPU
 
 (a)-(c) run every configuration in its own subprocess and report its peak RSS (section (d), memory);
 ``common.py`` holds what they share. Results: docs/benchmarks.md.

@@ -23,6 +23,7 @@ COMMANDS = {
     "cache": ("evf.commands.cache", "precompute frozen SAM image embeddings of a split"),
     "attention": ("evf.commands.attention", "save BEiT-3 attention heatmaps (paper Fig.8)"),
     "predict-video": ("evf.commands.predict_video", "segment and track text-prompted objects through a video (SAM-2)"),
+    "export": ("evf.commands.export", "export a model as ONNX graphs for onnxruntime (evf.deploy)"),
 }
 
 

@@ -97,7 +97,7 @@ class EfficientSamBackend(SamBackend):
     def run_decoder(self, embeddings: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(embeddings) not in (1, len(sparse)):
             raise ValueError(f"{len(embeddings)} embeddings for {len(sparse)} prompts: give one per prompt or one in all")
-        embeddings = embeddings.expand(len(sparse), -1, -1, -1)
+        embeddings = embeddings.expand(sparse.shape[0], -1, -1, -1)  # .shape, not len(): stays dynamic in ONNX
         return self.model.mask_decoder(embeddings, self.model.prompt_encoder.get_dense_pe().to(embeddings.dtype),
                                        sparse.to(embeddings.dtype))
 

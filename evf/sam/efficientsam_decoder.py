@@ -167,7 +167,7 @@ class MaskDecoder(nn.Module):
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                 sparse_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings ``[N, C, h, w]`` (one per prompt set), image_pe ``[1, C, h, w]``, sparse ``[N, P, C]``."""
-        n = len(sparse_prompt_embeddings)
+        n = sparse_prompt_embeddings.shape[0]  # not len(): a traced ONNX export keeps .shape dynamic
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])[None].expand(n, -1, -1)
         tokens = torch.cat([output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], dim=1)
         b, c, h, w = image_embeddings.shape

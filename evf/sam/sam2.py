@@ -247,7 +247,6 @@ class Sam2Backend(SamBackend):
         """All 4 token outputs ``[N, 4, h, w]``, ``[N, 4]`` -> the chosen one ``[N, 1, h, w]``, ``[N, 1]``."""
         if self.training or self.mask_selection == "single":
             return masks[:, :1], iou[:, :1]
-        rows = torch.arange(len(masks), device=masks.device)
         best = iou[:, 1:].argmax(dim=1) + 1
         if self.mask_selection == "stability":
             # token 0 is kept where it is stable: area(logit > delta) / area(logit > -delta) >= thresh
@@ -256,7 +255,9 @@ class Sam2Backend(SamBackend):
             outer = (flat > -self.stability_delta).sum(1).float()
             stable = torch.where(outer > 0, inner / outer.clamp_min(1), torch.ones_like(outer)) >= self.stability_thresh
             best = torch.where(stable, torch.zeros_like(best), best)
-        return masks[rows, best][:, None], iou[rows, best][:, None]
+        # gather, not masks[arange(N), best]: an ONNX export would freeze that N
+        pick = best.view(-1, 1, 1, 1).expand(-1, 1, *masks.shape[-2:])
+        return masks.gather(1, pick), iou.gather(1, best[:, None])
 
     def postprocess(self, logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
         # the view stretched the whole image, so the low-res logits map straight onto it (no crop)

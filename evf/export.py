@@ -1,0 +1,206 @@
+"""Export an ``EVFSAM`` to ONNX, split the way SAM deployments run it, for ``evf.deploy`` (onnxruntime, no torch).
+
+Graphs written to the output folder (axes named ``prompts`` / ``length`` are dynamic):
+
+- ``image_encoder.onnx``: SAM view ``[batch, 3, S, S]`` -> the backend's image embedding (once per image);
+- ``prompt_encoder.onnx``: the encoder's image view ``[1, 3, s, s]`` + ``input_ids`` / ``padding_mask``
+  ``[prompts, length]`` -> SAM prompt tokens ``[prompts, 1, D]`` (multimodal encoder + projector);
+- ``mask_decoder.onnx``: one image embedding ``[1, ...]`` + prompt tokens -> low-res logits ``[prompts, h, w]``
+  and SAM's predicted IoU ``[prompts]``;
+- ``postprocess.onnx`` (built op by op, see ``evf.export_postprocess``): low-res logits + sizes -> logits and
+  masks at the image's size;
+- optionally ``image_encoder.int8.onnx``: the image encoder with dynamically quantized int8 weights.
+
+``deploy.json`` records what the runner needs besides the graphs: the image views' constants (read from the
+model's own view objects, so the runner cannot drift from them) and the tokenizer (``tokenizer.json``).
+The TorchScript-based exporter (``dynamo=False``) is used: torch.export stops on the data-dependent batch
+logic of the SAM decoders, while tracing keeps ``.shape``-derived sizes dynamic.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evf.errors import UserError
+
+OPSET = 17
+FORMAT = "evf-onnx"
+FORMAT_VERSION = 1
+GRAPHS = {"image_encoder": "image_encoder.onnx", "prompt_encoder": "prompt_encoder.onnx",
+          "mask_decoder": "mask_decoder.onnx", "postprocess": "postprocess.onnx"}
+INT8_IMAGE_ENCODER = "image_encoder.int8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ExportError(UserError, ValueError):
+    """A model or option the ONNX export does not support; one line naming it."""
+
+
+class ImageEncoderGraph(nn.Module):
+    def __init__(self, sam: nn.Module):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, sam_image: torch.Tensor) -> torch.Tensor:
+        return self.sam.encode(sam_image)
+
+
+class PromptEncoderGraph(nn.Module):
+    """The encoder's image view of ONE image, repeated over the prompt batch inside the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, enc_image: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        images = enc_image.expand(input_ids.shape[0], -1, -1, -1)
+        return self.model.prompt_tokens(images, input_ids, padding_mask)
+
+
+class MaskDecoderGraph(nn.Module):
+    """ONE image embedding, any number of prompt tokens: the backend's own ``decode`` (single-mask output)."""
+
+    def __init__(self, sam: nn.Module):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, embedding: torch.Tensor, prompt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, iou = self.sam.decode(embedding, prompt_tokens)
+        return logits[:, 0], iou[:, 0]
+
+
+def view_spec(view) -> dict:
+    """A picklable image view -> the plain dict ``evf.deploy_views`` rebuilds it from (the same constants)."""
+    from evf.sam.efficientsam import LongestSideStretchView
+    from evf.sam.sam1 import Sam1View
+    from evf.sam.sam2 import SquareStretchView
+    from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, StretchView
+
+    imagenet = {"mean": list(IMAGENET_MEAN_255), "std": list(IMAGENET_STD_255)}
+    if isinstance(view, StretchView):
+        return {"kind": "stretch", "size": view.size, "mean": list(view.mean), "std": list(view.std), "mode": view.mode}
+    if isinstance(view, Sam1View):
+        return {"kind": "longest_side_pad", "size": view.size, **imagenet}
+    if isinstance(view, SquareStretchView):
+        return {"kind": "square_stretch", "size": view.size, "resize": view.resize, **imagenet}
+    if isinstance(view, LongestSideStretchView):
+        return {"kind": "longest_side_stretch", "size": view.size, **imagenet}
+    raise ExportError(f"the ONNX export does not know the image view {type(view).__name__}")
+
+
+def postprocess_spec(sam: nn.Module) -> dict:
+    """How the backend brings low-res logits to the image: SAM-1 upsamples to its input square and crops the
+    padding; SAM-2 and EfficientSAM stretched the whole image, so one resize to the original size."""
+    from evf.sam import Sam1Backend
+
+    if isinstance(sam, Sam1Backend):
+        return {"kind": "upsample_crop_resize", "size": sam.image_size}
+    return {"kind": "resize"}
+
+
+def tokenizer_spec(encoder: nn.Module, out: Path) -> dict:
+    from evf.tokenizer import XlmrTokenizer
+
+    tok = encoder.tokenizer
+    if not isinstance(tok, XlmrTokenizer) or not hasattr(tok.tok, "backend_tokenizer"):
+        raise ExportError(f"the ONNX export supports BEiT-3's XLM-R tokenizer, not {type(tok).__name__} "
+                          f"(encoder {type(encoder).__name__})")
+    (out / TOKENIZER_FILE).write_text(tok.tok.backend_tokenizer.to_str())
+    return {"file": TOKENIZER_FILE, "pad_id": tok.pad_id, "max_length": tok.max_length, "lowercase": tok.lowercase}
+
+
+def check_exportable(model: nn.Module) -> None:
+    from evf.encoders import Beit3Encoder
+    from evf.sam import EfficientSamBackend, Sam1Backend, Sam2Backend
+
+    if not isinstance(model.encoder, Beit3Encoder):
+        raise ExportError(f"the ONNX export supports BEiT-3 encoders (EVF-SAM's), not {type(model.encoder).__name__}")
+    if not isinstance(model.sam, (Sam1Backend, Sam2Backend, EfficientSamBackend)):
+        raise ExportError(f"the ONNX export supports SAM-1, SAM-2 and EfficientSAM, not {type(model.sam).__name__}")
+
+
+def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
+    """One graph into ``path``; a model over 2 GiB (SAM ViT-H) keeps its weights in one side file ``<name>.data``."""
+    import onnx
+
+    module.eval()  # the exporter restores the wrapper's mode afterwards, recursively: a new module would be in train mode
+    stage = path.parent / f".{path.stem}.export"  # the exporter spreads >2 GiB weights over one file per tensor
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on Python ints the SAM code reads from shapes; parity tests check
+        torch.onnx.export(module, args, str(stage / path.name), input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    for old in (path, path.with_name(path.name + ".data")):
+        old.unlink(missing_ok=True)
+    if len(list(stage.iterdir())) == 1:
+        os.replace(stage / path.name, path)
+    else:
+        graph = onnx.load(str(stage / path.name))  # reads the side files too
+        onnx.save(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+        os.chmod(path.with_name(path.name + ".data"), path.stat().st_mode)  # onnx creates it 0600; follow the umask
+    shutil.rmtree(stage)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization (weights int8, activations quantized at run time) of the matrix products."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     use_external_data_format=False)
+
+
+@torch.no_grad()
+def export_onnx(model: nn.Module, out: str | os.PathLike, quantize: str | None = None) -> Path:
+    """Write the graphs, ``tokenizer.json`` and ``deploy.json`` of ``model`` (an ``EVFSAM``) into folder ``out``.
+
+    The model is put in eval mode, fp32, on the CPU (in place), as the graphs are."""
+    from evf.export_postprocess import build_postprocess
+
+    check_exportable(model)
+    if quantize not in (None, "int8"):
+        raise ExportError(f"unknown --quantize {quantize!r}; choose int8")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float().cpu()
+    sam, encoder = model.sam, model.encoder
+    size = sam.image_size
+    sam_image = torch.zeros(1, 3, size, size)
+    enc_image = encoder.image_view(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy())[None]
+    tokens = encoder.tokenizer(["an example prompt", "two"])  # 2 prompts of different length: padding takes part
+
+    export_graph(ImageEncoderGraph(sam), (sam_image,), out / GRAPHS["image_encoder"], ["sam_image"], ["embedding"],
+                 {"sam_image": {0: "batch"}, "embedding": {0: "batch"}})
+    args = (enc_image, tokens["input_ids"], tokens["padding_mask"])
+    export_graph(PromptEncoderGraph(model), args, out / GRAPHS["prompt_encoder"],
+                 ["enc_image", "input_ids", "padding_mask"], ["prompt_tokens"],
+                 {"input_ids": {0: "prompts", 1: "length"}, "padding_mask": {0: "prompts", 1: "length"},
+                  "prompt_tokens": {0: "prompts"}})
+    embedding = sam.encode(sam_image)
+    prompt_tokens = model.prompt_tokens(enc_image.expand(2, -1, -1, -1), tokens["input_ids"], tokens["padding_mask"])
+    export_graph(MaskDecoderGraph(sam), (embedding, prompt_tokens), out / GRAPHS["mask_decoder"],
+                 ["embedding", "prompt_tokens"], ["low_res_logits", "iou"],
+                 {"prompt_tokens": {0: "prompts"}, "low_res_logits": {0: "prompts"}, "iou": {0: "prompts"}})
+    post = postprocess_spec(sam)
+    build_postprocess(post, out / GRAPHS["postprocess"])
+    graphs = dict(GRAPHS)
+    if quantize == "int8":
+        quantize_int8(out / GRAPHS["image_encoder"], out / INT8_IMAGE_ENCODER)
+        graphs["image_encoder_int8"] = INT8_IMAGE_ENCODER
+    else:
+        (out / INT8_IMAGE_ENCODER).unlink(missing_ok=True)  # an earlier export's, for other weights
+    from evf.predictor import DEFAULT_MAX_BATCH
+
+    config = {
+        "format": FORMAT, "version": FORMAT_VERSION, "backend": sam.name, "graphs": graphs,
+        "encoder_view": view_spec(encoder.image_view), "sam_view": view_spec(sam.image_view), "postprocess": post,
+        "tokenizer": tokenizer_spec(encoder, out), "max_batch": DEFAULT_MAX_BATCH, "opset": OPSET,
+    }
+    (out / "deploy.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out

@@ -23,6 +23,7 @@ import numpy as np
 
 from evf.deploy_views import apply_view
 from evf.errors import UserError
+from evf.io import read_image  # noqa: F401 (public here: the PyTorch path's reader, torch-free, same pixels)
 
 
 class DeployError(UserError, ValueError):
@@ -38,14 +39,6 @@ class OnnxPrediction:
     scores: np.ndarray
     low_res_logits: np.ndarray
     logits: np.ndarray
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]`` with the EXIF orientation applied (as ``evf.io.read_image``, without its extra checks)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
 class XlmrTokens:

@@ -79,13 +79,32 @@ def upright(im: Image.Image) -> Image.Image:
     return im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation != 1 else im
 
 
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Gray, gray+alpha, RGBA and 16-bit images become ``uint8 [H, W, 3]``."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected an image [H, W, C] with H, W > 0, got shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 or uint16 image, got {image.dtype}")
+    channels = image.shape[2]
+    if channels in (1, 2):
+        image = np.repeat(image[..., :1], 3, axis=2)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise ValueError(f"expected 1-4 image channels, got {channels}")
+    return np.ascontiguousarray(image)
+
+
 def to_rgb_array(im: Image.Image) -> np.ndarray:
     """Any PIL mode -> RGB ``uint8 [H, W, 3]`` (alpha dropped, not composited)."""
     if im.mode in INTEGER_MODES:
         # 16/32-bit grayscale (PNG opens as "I;16" or "I"): keep the high byte, as cv2.imread does;
         # PIL's own convert would clip at 255 instead. Float images are refused by to_rgb_uint8.
-        from evf.transforms import to_rgb_uint8  # here, not at the top: evf.io stays free of torch
-
         array = np.array(im)
         if array.dtype.kind in "iu":
             array = (np.clip(array, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)

@@ -13,29 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from evf.io import to_rgb_uint8
+
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
-
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Gray, gray+alpha, RGBA and 16-bit images become ``uint8 [H, W, 3]``."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"expected an image [H, W, C] with H, W > 0, got shape {image.shape}")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 or uint16 image, got {image.dtype}")
-    channels = image.shape[2]
-    if channels in (1, 2):
-        image = np.repeat(image[..., :1], 3, axis=2)
-    elif channels == 4:
-        image = image[..., :3]
-    elif channels != 3:
-        raise ValueError(f"expected 1-4 image channels, got {channels}")
-    return np.ascontiguousarray(image)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

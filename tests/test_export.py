@@ -30,10 +30,23 @@ def image_of(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
 
 
-def test_deploy_imports_no_torch():
-    code = "import sys, evf.deploy; print(sorted(m for m in ('torch', 'evf.transforms', 'evf.model') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+def test_deploy_imports_no_torch(tmp_path):
+    """Neither importing the runner nor reading a 16-bit image with it (the conversion the PyTorch path shares)
+    loads torch; the pixels are those of ``evf.io.read_image``."""
+    from PIL import Image
+
+    from evf.io import read_image
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 21).save(path)
+    code = ("import sys, evf.deploy; image = evf.deploy.read_image(sys.argv[1]); image.tofile(sys.argv[2]); "
+            "print(sorted(m for m in ('torch', 'evf.transforms', 'evf.model') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "pixels")], capture_output=True, text=True,
+                         check=True).stdout
     assert out.strip() == "[]"
+    expected = read_image(path)
+    assert expected.shape == (48, 64, 3) and expected.max() > 200  # the high byte of 16-bit values, not clipped
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "pixels", dtype=np.uint8).reshape(expected.shape), expected)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

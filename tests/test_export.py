@@ -157,7 +157,7 @@ def test_onnx_runner_matches_pytorch(tmp_path, preset):
     assert config["backend"] == model.sam.name and config["graphs"]["image_encoder_int8"] == "image_encoder.int8.onnx"
 
 
-@pytest.mark.slow
+# in the default suite (~2 s): the official release layout, SAM-1, the CLI and the runner end to end
 def test_evf_export_of_a_release_folder(tmp_path, release, capsys):
     from evf.cli import main
     from evf.model import EVFSAM

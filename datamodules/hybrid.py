@@ -19,7 +19,6 @@ replays the same sequence. YAML::
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import DATAMODULES, RefSegDataModule
 from datamodules.common import EpochSampler
-from evf.config_errors import ConfigError
+from evf.config_errors import ConfigError, nearest
 from evf.registry import import_class
 
 
@@ -51,8 +50,8 @@ def build_source(name: str, spec: dict[str, Any]) -> RefSegDataModule:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         for key in spec:
             if key not in params:
-                near = difflib.get_close_matches(key, list(params), n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
+                near = nearest(key, params)
+                hint = f"did you mean {near!r}? " if near else ""
                 raise ConfigError(f"hybrid source {name!r}: {cls.__name__} has no argument {key!r}; {hint}"
                                   f"it takes {', '.join(params)}")
     return cls(**spec)

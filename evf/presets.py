@@ -20,7 +20,6 @@ every registered encoder with SAM-1.
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from evf.checkpoint import CheckpointError
-from evf.config_errors import ConfigError
+from evf.config_errors import ConfigError, nearest
 from evf.encoders import ENCODERS
 from evf.model import EVFSAM
 from evf.sam import SAM_BACKENDS
@@ -103,8 +102,8 @@ def all_presets() -> dict[str, Preset]:
 def get_preset(name: str) -> Preset:
     presets = all_presets()
     if name not in presets:
-        close = difflib.get_close_matches(str(name), presets, n=1)
-        raise ConfigError(f"unknown model preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        close = nearest(str(name), presets)
+        raise ConfigError(f"unknown model preset {name!r}" + (f" (did you mean {close!r}?)" if close else "")
                          + "; evf.list_models() lists them")
     return presets[name]
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from evf.io import atomic_path, save_png_atomic, write_text_atomic
 from evf.video_frames import Frames, import_av
-from evf.visualize import COLOURS, overlay, slug
+from evf.visualize import COLOURS, mask_names, overlay
 
 MASK_FORMATS = ("per-object", "indexed")
 OVERLAY_VIDEO = "overlay.mp4"
@@ -29,7 +29,8 @@ PALETTE = [0, 0, 0] + [c for i in range(255) for c in COLOURS[i % len(COLOURS)]]
 
 
 def object_folders(prompts: Sequence[str]) -> list[str]:
-    return [f"masks/{i:02d}_{slug(p)}" for i, p in enumerate(prompts)]
+    """``masks/00_<slug>``: named as ``evf predict`` names its mask files."""
+    return [f"masks/{name.removesuffix('.png')}" for name in mask_names(prompts)]
 
 
 def frame_name(index: int, count: int) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from evf.deploy_views import apply_view
 from evf.errors import UserError
 from evf.io import read_image  # noqa: F401 (public here: the PyTorch path's reader, torch-free, same pixels)
+from evf.tokenizer import encode_prompt
 
 
 class DeployError(UserError, ValueError):
@@ -53,12 +53,7 @@ class XlmrTokens:
         self.lowercase = bool(spec["lowercase"])
 
     def encode(self, text: str) -> list[int]:
-        text = text.strip().lower() if self.lowercase else text
-        ids = self.tok.encode(text).ids
-        if self.max_length is not None and len(ids) > self.max_length:
-            warnings.warn(f"prompt of {len(ids)} tokens truncated to {self.max_length}: {text[:40]!r}...", stacklevel=2)
-            ids = ids[: self.max_length - 1] + [ids[-1]]
-        return ids
+        return encode_prompt(text, lambda t: self.tok.encode(t).ids, self.lowercase, self.max_length)
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         seqs = [self.encode(t) for t in texts]

@@ -11,14 +11,16 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from evf.config_errors import ConfigError
 from evf.errors import UserError, first_line
 from evf.io import atomic_path, generated_dir, make_temp_sibling
+
+if TYPE_CHECKING:
+    import torch
 
 SEMANTIC_TOKEN = "[semantic]"
 SPM_FILENAME = "sentencepiece.bpe.model"
@@ -31,7 +33,21 @@ class TokenizerError(UserError, ValueError):
     """A tokenizer folder whose files cannot be read or belong to another tokenizer; names the file."""
 
 
+def encode_prompt(text: str, tokenize: Callable[[str], list[int]], lowercase: bool, max_length: int | None) -> list[int]:
+    """A prompt's ids as the official code makes them (stripped and lower-cased where the tokenizer wants it); one past
+    ``max_length`` is cut, keeping its final ``</s>``, with a warning. Shared by ``XlmrTokenizer`` and the torch-free
+    ONNX runner (``evf.deploy``), each with its own ``tokenize``."""
+    text = text.strip().lower() if lowercase else text
+    ids = tokenize(text)
+    if max_length is not None and len(ids) > max_length:
+        warnings.warn(f"prompt of {len(ids)} tokens truncated to {max_length}: {text[:40]!r}...", stacklevel=3)
+        ids = ids[: max_length - 1] + [ids[-1]]
+    return ids
+
+
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    import torch  # here, not at the top: the ONNX runner uses encode_prompt without torch
+
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -116,12 +132,7 @@ class XlmrTokenizer:
         return len(self.tok)
 
     def encode(self, text: str) -> list[int]:
-        text = text.strip().lower() if self.lowercase else text
-        ids = self.tok(text)["input_ids"]
-        if self.max_length is not None and len(ids) > self.max_length:
-            warnings.warn(f"prompt of {len(ids)} tokens truncated to {self.max_length}: {text[:40]!r}...", stacklevel=2)
-            ids = ids[: self.max_length - 1] + [ids[-1]]
-        return ids
+        return encode_prompt(text, lambda t: self.tok(t)["input_ids"], self.lowercase, self.max_length)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return pad_sequences([self.encode(t) for t in texts], self.pad_id)

@@ -278,8 +278,12 @@ def own_metrics_file(metrics_file: str | None, run_dir: str) -> str:
 
 
 # How every EvfCLI is built: ``evf fit|validate|test`` here, ``evf.load`` (evf/loading.py) with run=False.
+# "omegaconf+" resolves ``${...}`` interpolations once over the merged config (across --config files); plain
+# "omegaconf" parsed every value twice (PyYAML, then OmegaConf). The module saves no hyperparameters (a run is
+# reloaded from its config.yaml), so Lightning's load_from_checkpoint support would only dump the config once more.
 CLI_KWARGS = {"model_class": EVFSAMModule, "datamodule_class": RefSegDataModule, "subclass_mode_data": True,
-              "parser_kwargs": {"parser_mode": "omegaconf", "exit_on_error": False}}
+              "load_from_checkpoint_support": False,
+              "parser_kwargs": {"parser_mode": "omegaconf+", "exit_on_error": False}}
 
 
 def check_config_files(argv: Sequence[str]) -> None:

@@ -7,11 +7,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np
 import pytest
-import torch
 
-torch.set_num_threads(1)  # the CI machine has 2 cores; parallel BLAS threads only add contention
+# torch, numpy and evf are imported inside fixtures: under pytest-xdist this file is also imported by the
+# controller process, which runs no test and should not spend seconds importing torch before starting workers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """The CI machine has 2 cores and runs 2 workers: parallel BLAS threads only add contention."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,12 +35,16 @@ def tiny_model():
     from evf.model import EVFSAM
     from evf.sam import Sam1Backend
 
+    import torch
+
     torch.manual_seed(0)
     return EVFSAM(Beit3Encoder(size="tiny"), Sam1Backend(variant="tiny")).eval()
 
 
 @pytest.fixture
 def rgb_image():
+    import numpy as np
+
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
 

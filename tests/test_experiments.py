@@ -67,6 +67,14 @@ def test_shared_parser_resolves_like_print_config(resolve, capsys):
     assert printed["model"]["model"]["init_args"]["sam"]["class_path"] == "evf.sam.Sam2Backend"
 
 
+def test_interpolation_resolves_across_config_files(resolve, tmp_path):
+    """``${...}`` in one --config file may name a value set by another (resolved once, after merging)."""
+    row = tmp_path / "row.yaml"
+    row.write_text("trainer:\n  max_steps: 123\nmodel:\n  warmup_steps: ${trainer.max_steps}\n")
+    config = resolve(BASE, row)
+    assert config["model"]["warmup_steps"] == 123 and config["trainer"]["max_steps"] == 123
+
+
 def registry_entry(registry: Registry, cls: type):
     entries = [e for e in registry.entries.values() if e.cls is cls]
     assert entries, f"{cls.__name__} is not registered in {registry.slot!r}: no tiny variant to test the row with"

@@ -210,6 +210,32 @@ def test_sam2_versions_differ_by_the_sam21_only_keys():
     assert v20.name == "sam2.0_large" and v21.name == "sam2.1_large"
 
 
+def module_attributes(model: torch.nn.Module) -> dict[str, dict]:
+    """Every submodule's own plain attributes (flags, sizes, thresholds): what a state dict does not show."""
+    plain = (bool, int, float, str, tuple, list, type(None))
+    return {name: {k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, plain)}
+            for name, m in model.named_modules()}
+
+
+def test_cached_build_equals_the_sam2_packages_builder():
+    """``build_sam2_model`` composes each config once; it must build what ``sam2.build_sam.build_sam2`` builds."""
+    from sam2.build_sam import build_sam2
+
+    from evf.sam.sam2_build import TOY_OVERRIDES, build_sam2_model, config_and_overrides
+
+    torch.manual_seed(3)
+    reference = build_sam2(config_and_overrides("2.0", "toy")[0], ckpt_path=None, device=None, mode="eval",
+                           hydra_overrides_extra=list(TOY_OVERRIDES))
+    expected_state = reference.state_dict()
+    for _ in range(2):  # the second build comes from the cached config
+        torch.manual_seed(3)
+        ours = build_sam2_model("2.0", "toy")
+        assert module_attributes(ours) == module_attributes(reference)
+        assert ours.sam_mask_decoder.dynamic_multimask_via_stability is True and not ours.training
+        state = ours.state_dict()
+        assert list(state) == list(expected_state) and all(torch.equal(state[k], expected_state[k]) for k in state)
+
+
 # -- views --------------------------------------------------------------------------------------
 def test_sam2_view_stretches_on_uint8_like_the_official_inference(rgb_image):
     x, size = SquareStretchView(32)(rgb_image)  # 48x64 -> 32x32: a downscale

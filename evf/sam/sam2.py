@@ -4,11 +4,10 @@ The image path follows the official EVF-SAM2 code (spec §4): three FPN levels (
 ``conv_s0`` / ``conv_s1`` on the two high-resolution levels, ``no_mem_embed`` added to the stride-16
 level, the mask decoder with the object-score token and the high-res features, no object-score gating.
 
-``sam2`` builds its models from Hydra configs; that stays inside this file (``build_sam2_model``).
+``sam2`` builds its models from Hydra configs; that stays inside ``evf/sam/sam2_build.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 
@@ -17,15 +16,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.config_errors import ConfigError
 from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
+from evf.sam.sam2_build import build_sam2_model
 from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, to_rgb_uint8
 
-VERSIONS = {"2.0": "configs/sam2/sam2_hiera_{}.yaml", "2.1": "configs/sam2.1/sam2.1_hiera_{}.yaml"}
-VARIANTS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 CHECKPOINT_PREFIXES = ("visual_model.", "sam.model.", "model.", "")
 MASK_SELECTIONS = ("single", "best_iou", "stability")
 STRIDES = (4, 8, 16)  # the three FPN levels the mask decoder reads
@@ -72,60 +69,6 @@ class SquareStretchView:
             x = torch.from_numpy(image).permute(2, 0, 1)[None]
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)[0]
         return normalize(x.float(), IMAGENET_MEAN_255, IMAGENET_STD_255), (self.size, self.size)
-
-
-# The toy variant is the real Hiera-T config shrunk by Hydra overrides (128 px input, 32-wide SAM heads),
-# so it has every submodule of the full model, memory attention and memory encoder included.
-TOY_OVERRIDES = [
-    "++model.image_size=128",
-    "++model.image_encoder.trunk.embed_dim=8", "++model.image_encoder.trunk.num_heads=1",
-    "++model.image_encoder.trunk.stages=[1,1,3,1]", "++model.image_encoder.trunk.global_att_blocks=[3]",
-    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[2,2]",
-    "++model.image_encoder.trunk.window_spec=[4,4,4,2]",
-    "++model.image_encoder.neck.d_model=32", "++model.image_encoder.neck.backbone_channel_list=[64,32,16,8]",
-    "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
-    "++model.memory_attention.d_model=32", "++model.memory_attention.num_layers=1",
-    "++model.memory_attention.layer.d_model=32", "++model.memory_attention.layer.dim_feedforward=32",
-    "++model.memory_attention.layer.self_attention.embedding_dim=32",
-    "++model.memory_attention.layer.self_attention.feat_sizes=[8,8]",
-    "++model.memory_attention.layer.cross_attention.embedding_dim=32",
-    "++model.memory_attention.layer.cross_attention.feat_sizes=[8,8]",
-    "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
-    "++model.memory_encoder.in_dim=32", "++model.memory_encoder.out_dim=16",
-    "++model.memory_encoder.position_encoding.num_pos_feats=16",
-    "++model.memory_encoder.mask_downsampler.embed_dim=32", "++model.memory_encoder.fuser.layer.dim=32",
-]
-
-
-def build_sam2_model(version: str, variant: str) -> nn.Module:
-    """A random-weight ``SAM2Base`` from the package's own config (``variant="toy"``: Hiera-T shrunk)."""
-    if version not in VERSIONS:
-        raise ConfigError(f"unknown SAM-2 version {version!r}; choose from {sorted(VERSIONS)}")
-    if variant != "toy" and variant not in VARIANTS:
-        raise ConfigError(f"unknown SAM-2 variant {variant!r}; choose from {['toy', *VARIANTS]}")
-    import sam2  # noqa: F401  (initialises Hydra's config search path for sam2's configs)
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from sam2.build_sam import build_sam2
-
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_module("sam2", version_base="1.2")
-    config = VERSIONS[version].format(VARIANTS.get(variant, "t"))
-    overrides = TOY_OVERRIDES if variant == "toy" else []
-    # Under ``with torch.device("meta")`` Hiera's drop-path rates (``torch.linspace(...)`` read back with
-    # ``.item()``) still come from the CPU; everything else stays weightless (SAM-2-L: no 224M random inits).
-    with LinspaceOnCpu() if torch.get_default_device().type == "meta" else contextlib.nullcontext():
-        return build_sam2(config, ckpt_path=None, device=None, mode="eval", hydra_overrides_extra=overrides)
-
-
-class LinspaceOnCpu(TorchFunctionMode):
-    """Runs ``torch.linspace`` on the CPU inside a meta-device context (its values are read as Python floats)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is torch.linspace:
-            kwargs["device"] = "cpu"
-        return func(*args, **kwargs)
 
 
 @SAM_BACKENDS.register("sam2", tiny={"variant": "toy"})

@@ -33,7 +33,8 @@ class ConfigResolver:
 
     def __call__(self, *configs: Path) -> dict:
         parser = self.cli.parser
-        return yaml.safe_load(parser.dump(parser.parse_args(config_args(configs)), skip_none=False))
+        dumped = parser.dump(parser.parse_args(config_args(configs)), skip_none=False, skip_validation=True)  # parse_args validated it
+        return yaml.load(dumped, Loader=yaml.CSafeLoader)
 
 
 def config_args(configs: Sequence[Path]) -> list[str]:

@@ -31,11 +31,11 @@ def evf_generated(tmp_path_factory):
 
 @pytest.fixture
 def tiny_model():
+    import torch
+
     from evf.encoders import Beit3Encoder
     from evf.model import EVFSAM
     from evf.sam import Sam1Backend
-
-    import torch
 
     torch.manual_seed(0)
     return EVFSAM(Beit3Encoder(size="tiny"), Sam1Backend(variant="tiny")).eval()

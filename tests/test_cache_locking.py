@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch
 from evf.cache import MANIFEST, CacheError, EmbeddingCache, build_cache
 from evf.cli import main as evf_main
 from evf.loading import load
-from tests.lock_helpers import PausingSyntheticDataModule, cache_config, kill
+from tests.lock_helpers import Forked, PausingSyntheticDataModule, cache_config, kill
 from tests.training_helpers import REPO, evf_command, subprocess_env, wait_for
 
 QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
@@ -47,8 +46,7 @@ def test_sigkill_mid_rebuild_and_a_second_writer(tmp_path, capsys):
     out, marker = tmp_path / "cache", tmp_path / "paused"
     write(out, seed=1)
     old = snapshot(out)
-    writer = subprocess.Popen([sys.executable, "-m", "tests.cache_writer", str(out), "2", "3", str(marker)], cwd=REPO,
-                              env=subprocess_env())
+    writer = Forked(write, str(out), 2, 3, str(marker))  # pauses before image 3 of 4, until killed
     try:
         wait_for(marker, writer)
         building = [p for p in tmp_path.glob(".cache.*.tmp") if p.is_dir()]

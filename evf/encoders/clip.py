@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from copy import deepcopy
-from functools import cached_property
+from functools import cache, cached_property
 
 import torch
 
@@ -58,11 +58,8 @@ class ClipTokenizer:
 
     @cached_property
     def tok(self):
-        import open_clip
-
         # Unknown names (our tiny config) fall back to open_clip's default SimpleTokenizer.
-        name = self.model_name if self.model_name not in OWN_CONFIGS else ""
-        return open_clip.get_tokenizer(name, context_length=self.context_length)
+        return open_clip_tokenizer(self.model_name if self.model_name not in OWN_CONFIGS else "", self.context_length)
 
     def __getstate__(self) -> dict:
         return {"model_name": self.model_name, "context_length": self.context_length}
@@ -70,6 +67,14 @@ class ClipTokenizer:
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         ids = self.tok(list(texts)).long()
         return {"input_ids": ids, "padding_mask": ids == PAD_ID}
+
+
+@cache
+def open_clip_tokenizer(name: str, context_length: int):
+    """One tokenizer per (name, length) and process: building one reads and sorts a 49k-merge BPE table (~0.1 s)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(name, context_length=context_length)
 
 
 @ENCODERS.register("clip", tiny={"model": "tiny"})

@@ -115,7 +115,16 @@ class EvfCLI(LightningCLI):
 
     def __init__(self, *args, locks: contextlib.ExitStack | None = None, **kwargs):
         self.locks = locks if locks is not None else contextlib.ExitStack()  # held until the command ends
+        argv = kwargs.get("args", sys.argv[1:])
+        first = argv[0] if isinstance(argv, list) and argv else None
+        self.only_subcommand = first if kwargs.get("run", True) and first in LightningCLI.subcommands() else None
         super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        """Only the subcommand being run: each subcommand's parser reads every Trainer, model and datamodule
+        signature again (about 0.1 s apiece), and ``evf fit|validate|test`` runs exactly one."""
+        every = LightningCLI.subcommands()
+        return {self.only_subcommand: every[self.only_subcommand]} if self.only_subcommand else every
 
     def parse_arguments(self, parser, args) -> None:
         # one line naming the bad key (+ the nearest valid one) and the --config file(s) instead of jsonargparse's

@@ -67,6 +67,23 @@ def test_shared_parser_resolves_like_print_config(resolve, capsys):
     assert printed["model"]["model"]["init_args"]["sam"]["class_path"] == "evf.sam.Sam2Backend"
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_a_command_builds_only_its_own_subcommand_parser(subcommand, fit_config):
+    from lightning.pytorch.cli import LightningCLI
+
+    from evf.lightning_cli import CLI_KWARGS
+    from tests.config_resolver import ParseOnlyCLI
+
+    class ParsedOnly(ParseOnlyCLI):
+        def _run_subcommand(self, subcommand: str) -> None:
+            pass
+
+    cli = ParsedOnly(**CLI_KWARGS, args=[subcommand, "--config", str(fit_config)], save_config_callback=None)
+    assert list(cli._subcommand_parsers) == [subcommand] and cli.config.subcommand == subcommand
+    cli = ParsedOnly(**CLI_KWARGS, args=["--config", str(fit_config)], run=False, save_config_callback=None)
+    assert cli.subcommands() == LightningCLI.subcommands()  # no subcommand named: Lightning's full set
+
+
 def test_interpolation_resolves_across_config_files(resolve, tmp_path):
     """``${...}`` in one --config file may name a value set by another (resolved once, after merging)."""
     row = tmp_path / "row.yaml"

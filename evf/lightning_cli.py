@@ -91,7 +91,7 @@ def prediction_file_name(name: str) -> str:
     return ("".join(escape(i, c) for i, c in enumerate(name)) or "%") + ".jsonl"
 
 
-def check_checkpoint_file(ckpt_path: str | None) -> None:
+def check_checkpoint_file(ckpt_path: str | None) -> set[str]:
     """A truncated, corrupt or code-carrying ``--ckpt_path`` file fails here, naming the file, before anything is
     built (Lightning reads the file's hyper-parameters first, and its errors are tracebacks).
 
@@ -101,12 +101,13 @@ def check_checkpoint_file(ckpt_path: str | None) -> None:
     left to Lightning.
     """
     if not ckpt_path or not Path(ckpt_path).is_file():
-        return
+        return set()
     if not zipfile.is_zipfile(ckpt_path):
         raise CheckpointError(f"cannot read checkpoint {ckpt_path}: truncated or corrupted (not a complete torch zip archive)")
     checkpoint = read_checkpoint(ckpt_path, mapped=True)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict')")
+    return set(checkpoint)
 
 
 class EvfCLI(LightningCLI):
@@ -138,7 +139,13 @@ class EvfCLI(LightningCLI):
             raise ConfigError(name_config_files(explained, str(exc), argv)) from None
         subcommand = self.config.get("subcommand")
         if subcommand:  # before Lightning reads the checkpoint's hyper-parameters
-            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+            self.checkpoint_keys = check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning unpickles the whole checkpoint once more only to look for saved hyper-parameters, which evf
+        # never saves (a run is rebuilt from its config.yaml); a file from elsewhere that has some still gets read
+        if "hyper_parameters" in getattr(self, "checkpoint_keys", {"hyper_parameters"}):
+            super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,

@@ -27,6 +27,13 @@ class ParseOnlyCLI(EvfCLI):
         pass
 
 
+class ParsedCommand(ParseOnlyCLI):
+    """``evf fit|validate|test ...`` parsed as the command would parse it (``run=True``), then not run."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
 class ConfigResolver:
     def __init__(self, first: Sequence[Path]):
         self.cli = ParseOnlyCLI(**CLI_KWARGS, args=config_args(first), run=False, save_config_callback=None)

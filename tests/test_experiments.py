@@ -72,16 +72,30 @@ def test_a_command_builds_only_its_own_subcommand_parser(subcommand, fit_config)
     from lightning.pytorch.cli import LightningCLI
 
     from evf.lightning_cli import CLI_KWARGS
-    from tests.config_resolver import ParseOnlyCLI
+    from tests.config_resolver import ParsedCommand
 
-    class ParsedOnly(ParseOnlyCLI):
-        def _run_subcommand(self, subcommand: str) -> None:
-            pass
-
-    cli = ParsedOnly(**CLI_KWARGS, args=[subcommand, "--config", str(fit_config)], save_config_callback=None)
+    cli = ParsedCommand(**CLI_KWARGS, args=[subcommand, "--config", str(fit_config)], save_config_callback=None)
     assert list(cli._subcommand_parsers) == [subcommand] and cli.config.subcommand == subcommand
-    cli = ParsedOnly(**CLI_KWARGS, args=["--config", str(fit_config)], run=False, save_config_callback=None)
+    cli = ParsedCommand(**CLI_KWARGS, args=["--config", str(fit_config)], run=False, save_config_callback=None)
     assert cli.subcommands() == LightningCLI.subcommands()  # no subcommand named: Lightning's full set
+
+
+@pytest.mark.parametrize("saved_hparams", [False, True])
+def test_lightning_reads_a_checkpoint_for_hyperparameters_only_if_it_has_some(saved_hparams, fit_config, tmp_path,
+                                                                               monkeypatch):
+    import torch
+    from lightning.pytorch.cli import LightningCLI
+
+    from evf.lightning_cli import CLI_KWARGS
+    from tests.config_resolver import ParsedCommand
+
+    ckpt = tmp_path / "some.ckpt"
+    torch.save({"state_dict": {}, **({"hyper_parameters": {"lr": 0.5}} if saved_hparams else {})}, ckpt)
+    calls = []
+    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", lambda self: calls.append(self))
+    ParsedCommand(**CLI_KWARGS, args=["test", "--config", str(fit_config), "--ckpt_path", str(ckpt)],
+               save_config_callback=None)
+    assert len(calls) == int(saved_hparams)
 
 
 def test_interpolation_resolves_across_config_files(resolve, tmp_path):

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import sys
+
+# Container images often set PYTHONDONTWRITEBYTECODE; the suite keeps bytecode caches anyway (in the ignored
+# __pycache__ folders): otherwise every test process recompiles evf and re-rewrites the asserts of every test module.
+sys.dont_write_bytecode = False
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -70,6 +70,15 @@ def fit_config(tmp_path_factory):
     return write_fit_config(tmp_path_factory.mktemp("fit"))
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny ``evf fit`` per test process, shared by the modules that only read it (they copy what they alter):
+    ``(cli, checkpoint path, run config.yaml)``."""
+    from tests.tiny_artifacts import tiny_fit
+
+    return tiny_fit(tmp_path_factory.mktemp("fit"))
+
+
 @pytest.fixture
 def work(tmp_path):
     """A folder with ``image.png`` and an ``out/`` holding an earlier ``evf predict`` call's outputs and manifest."""

@@ -16,15 +16,15 @@ from PIL import Image
 
 from evf.cli import main as evf
 from tests.cli_helpers import assert_one_line_error, snapshot
-from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
+from tests.tiny_artifacts import write_image, write_release_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    _, ckpt, config = tiny_fit(tmp_path_factory.mktemp("fit"))
+def fitted(tiny_run):
+    _, ckpt, config = tiny_run
     return ckpt, config
 
 

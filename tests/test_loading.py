@@ -10,14 +10,14 @@ import evf
 from evf.checkpoint import CheckpointError
 from evf.errors import UserError
 from evf.model import EVFSAM
-from tests.tiny_artifacts import tiny_fit, write_image, write_release_folder
+from tests.tiny_artifacts import write_image, write_release_folder
 
 PROMPTS = ["the red square", "blue"]
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    return tiny_fit(tmp_path_factory.mktemp("fit"))
+def fitted(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

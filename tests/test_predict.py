@@ -9,14 +9,14 @@ from evf.io import read_image
 from evf.output_set import MANIFEST_NAME
 from evf.visualize import COLOURS, mask_names, overlay, slug
 from tests.cli_helpers import assert_outputs_match
-from tests.tiny_artifacts import tiny_fit, write_image
+from tests.tiny_artifacts import write_image
 
 PROMPTS = ["the red square", "the largest circle on the left", "blue"]
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    return tiny_fit(tmp_path_factory.mktemp("fit"))
+def fitted(tiny_run):
+    return tiny_run
 
 
 def run_predict(capsys, checkpoint, image, out, prompts=PROMPTS, extra=()):

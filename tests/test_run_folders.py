@@ -51,19 +51,19 @@ def test_second_process_on_a_run_dir_is_refused_and_a_crashed_run_resumes(config
     assert not (run / ".evf.lock").exists()
 
 
-def test_a_test_run_writes_metrics_only_into_its_own_folder(config, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert evf_main(["fit", "--config", str(config), "--run_dir", str(run), "--test_after_fit", "true"]) == 0
-    saved = yaml.safe_load((run / "config.yaml").read_text())
+def test_a_test_run_writes_metrics_only_into_its_own_folder(tiny_run, tmp_path, capsys):
+    _, checkpoint, run_config = tiny_run  # a fit's run folder (shared: it must stay as it is)
+    run = run_config.parent
+    saved = yaml.safe_load(run_config.read_text())
     assert saved["metrics_file"] is None  # no path into this run for later runs to inherit
-    metrics = (run / "metrics.json").read_bytes()
-    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    before = snapshot(run)
+    checkpoint = str(checkpoint)
     test_sets = json.dumps([{"name": "refcoco/val", "seed": 1}, {"name": "refcoco+/val", "seed": 2}])
 
     retest = tmp_path / "retest"
-    assert evf_main(["test", "--config", str(run / "config.yaml"), "--run_dir", str(retest), "--ckpt_path", checkpoint,
+    assert evf_main(["test", "--config", str(run_config), "--run_dir", str(retest), "--ckpt_path", checkpoint,
                      "--test_sets", test_sets, "--save_predictions", "true"]) == 0
-    assert (run / "metrics.json").read_bytes() == metrics
+    assert snapshot(run) == before
     assert json.loads((retest / "metrics.json").read_text())["checkpoint"] == checkpoint
     predictions = sorted(p.name for p in (retest / "predictions").iterdir())
     assert predictions == ["refcoco+_val.jsonl", "refcoco_val.jsonl"]  # both kept: they used to share one name
@@ -74,11 +74,11 @@ def test_a_test_run_writes_metrics_only_into_its_own_folder(config, tmp_path, ca
     old_style.write_text(yaml.safe_dump({**saved, "metrics_file": str(run / "metrics.json")}))
     with pytest.warns(UserWarning, match=f"metrics_file {run / 'metrics.json'} is outside --run_dir"):
         assert evf_main(["test", "--config", str(old_style), "--run_dir", str(tmp_path / "again"), "--ckpt_path", checkpoint]) == 0
-    assert (run / "metrics.json").read_bytes() == metrics and (tmp_path / "again" / "metrics.json").is_file()
+    assert snapshot(run) == before and (tmp_path / "again" / "metrics.json").is_file()
 
     duplicate = json.dumps([{"name": "x/val"}, {"name": "x/val", "seed": 2}])
     capsys.readouterr()
-    assert evf_main(["test", "--config", str(run / "config.yaml"), "--run_dir", str(tmp_path / "dup"),
+    assert evf_main(["test", "--config", str(run_config), "--run_dir", str(tmp_path / "dup"),
                      "--ckpt_path", checkpoint, "--test_sets", duplicate]) == 2
     assert "test_sets: two entries are named 'x/val'" in capsys.readouterr().err
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def execute(name: str, monkeypatch, tmp_path):
+    nbclient = pytest.importorskip("nbclient")  # (Jupyter's client stack: imported only by the slow kernel runs)
     monkeypatch.setenv("EVF_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend renders figures headless

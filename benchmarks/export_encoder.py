@@ -49,12 +49,28 @@ def error_figures(embedding, reference) -> dict:
             "max_abs": float(np.abs(e - r).max())}
 
 
+def quantize_keeping(source: Path, target: Path, pattern: str) -> None:
+    """``--quantize int8``'s settings, with the weight products whose node names match ``pattern`` left fp32."""
+    import re
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    keep = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and re.search(pattern, n.name)]
+    print(f"int8 keeping {len(keep)} products fp32: {pattern}")
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     per_channel=True, reduce_range=True, nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.export_encoder", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="evf-sam-beit3l-samh", help="the preset whose SAM backend is built")
     p.add_argument("--sam", nargs="*", default=[], help="backend overrides KEY=VALUE, e.g. variant=vit_b")
     p.add_argument("--variants", default="fp32,int8", help="comma list of fp32 and evf.export.QUANTIZATIONS names; "
                    "NAME:nospin runs NAME with onnxruntime's thread spinning off")
+    p.add_argument("--keep-fp32", nargs="*", default=[], help="regexes of node names: one extra int8 variant "
+                   "(int8-keep<i>) per regex, with the matching products left fp32")
     p.add_argument("--images", nargs="*", help="photos (default: real photos found on disk)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=1, help="timed runs per image and runtime (the best is kept)")
@@ -64,7 +80,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from evf.deploy import encoder_session_options, read_image
+    from evf.deploy import read_image, session_options
     from evf.export import GRAPHS, ImageEncoderGraph, export_graph, quantize_image_encoder
 
     torch.set_num_threads(args.threads)
@@ -88,6 +104,11 @@ def main(argv=None) -> int:
         graphs[name] = folder / f"image_encoder.{name}.onnx"
         quantize_image_encoder(fp32, graphs[name], name)
         print(f"quantize {name} {time.perf_counter() - start:.0f} s", flush=True)
+    for i, pattern in enumerate(args.keep_fp32):
+        name = f"int8-keep{i}"
+        graphs[name] = folder / f"image_encoder.{name}.onnx"
+        quantize_keeping(fp32, graphs[name], pattern)
+        args.variants += f",{name}"
 
     images = args.images or default_images()
     views = [sam.image_view(read_image(path))[0][None] for path in images]
@@ -113,7 +134,7 @@ def main(argv=None) -> int:
 
         for name in args.variants.split(","):
             graph = graphs[name.removesuffix(":nospin")]
-            options = encoder_session_options(args.threads)
+            options = session_options(args.threads)
             if name.endswith(":nospin"):  # worker threads sleep instead of spinning between ops
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if args.profile:

@@ -63,7 +63,7 @@ class XlmrTokens:
         return ids, ids == self.pad_id
 
 
-def encoder_session_options(threads: int | None = None):
+def session_options(threads: int | None = None):
     """The onnxruntime session options every graph runs with."""
     import onnxruntime as ort
 
@@ -95,7 +95,7 @@ class OnnxModel:
         graphs = self.config["graphs"]
         if int8 and "image_encoder_int8" not in graphs:
             raise DeployError(f"{self.folder} has no int8 image encoder: export it with --quantize int8")
-        options = encoder_session_options(threads)
+        options = session_options(threads)
 
         def session(key: str):
             path = self.folder / graphs[key]

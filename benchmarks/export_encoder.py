@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=1, help="timed runs per image and runtime (the best is kept)")
     p.add_argument("--out", default="/tmp/evf-encoder-bench")
-    p.add_argument("--reuse", action="store_true", help="keep an fp32 graph exported earlier into --out (same weights)")
+    p.add_argument("--reuse", action="store_true", help="keep the graphs exported and quantized earlier into --out (same weights)")
     p.add_argument("--profile", action="store_true", help="write an onnxruntime profile per variant into --out")
     args = p.parse_args(argv)
     import torch
@@ -102,6 +102,8 @@ def main(argv=None) -> int:
             continue
         start = time.perf_counter()
         graphs[name] = folder / f"image_encoder.{name}.onnx"
+        if args.reuse and graphs[name].is_file():
+            continue
         quantize_image_encoder(fp32, graphs[name], name)
         print(f"quantize {name} {time.perf_counter() - start:.0f} s", flush=True)
     for i, pattern in enumerate(args.keep_fp32):

@@ -9,7 +9,8 @@ Graphs written to the output folder (axes named ``prompts`` / ``length`` are dyn
   and SAM's predicted IoU ``[prompts]``;
 - ``postprocess.onnx`` (built op by op, see ``evf.export_postprocess``): low-res logits + sizes -> logits and
   masks at the image's size;
-- optionally ``image_encoder.int8.onnx``: the image encoder with dynamically quantized int8 weights.
+- optionally ``image_encoder.int8.onnx``: the image encoder with its weight products dynamically quantized
+  (int8 per-column 7-bit weights, uint8 activations; see ``quantize_dynamic_int8``).
 
 ``deploy.json`` records what the runner needs besides the graphs: the image views' constants (read from the
 model's own view objects, so the runner cannot drift from them) and the tokenizer (``tokenizer.json``).
@@ -156,7 +157,8 @@ def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool = False,
     ``reduce_range`` keeps the weights in 7 bits: on x86 CPUs without VNNI (AVX2 only, as here) the uint8 x int8
     kernel adds pairs of products in saturating int16 (``vpmaddubsw``), which full 8-bit weights overflow; that
     overflow, not the rounding, was most of the old int8 error (embedding relative L2 0.26 -> 0.022 on SAM ViT-B).
-    ``per_channel`` gives every output column its own weight scale (trained weights differ per column)."""
+    ``per_channel`` gives every output column its own weight scale (trained weights differ per column).
+    benchmarks.export_encoder's ``--keep-fp32`` tries leaving chosen blocks fp32 (docs/export.md: not worth it)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
@@ -166,7 +168,9 @@ def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool = False,
 
 def quantize_blockwise(source: Path, target: Path, bits: int = 8, block_size: int = 32, accuracy_level: int = 4) -> None:
     """``MatMulNBits``: weights quantized in blocks of ``block_size`` along the input axis; accuracy level 4
-    quantizes the activations to int8 per block as well at run time (one scale per row and block)."""
+    quantizes the activations to int8 per block as well at run time (one scale per row and block). Twice as
+    accurate as ``quantize_dynamic_int8`` but slower than fp32 on AVX2 CPUs here: only benchmarks.export_encoder
+    offers it (docs/export.md)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 

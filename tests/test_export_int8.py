@@ -52,8 +52,8 @@ def test_int8_quantizes_weight_products_only(graphs):
 
 def test_int8_embedding_is_close_to_fp32(graphs):
     """Relative L2 error of the embedding under 5%: 7-bit weights and 8-bit activations round each product by
-    ~1% and the errors add up over the blocks (SAM ViT-B with random weights: 2.2%, docs/export.md); an
-    overflowing kernel or a wrongly scaled weight gives tens of percent."""
+    ~1% and the errors add up over the blocks (measured: 0.8% here, 2.2% on SAM ViT-B with random weights,
+    docs/export.md); an overflowing kernel or a wrongly scaled weight gives tens of percent (old export: 26%)."""
     import onnxruntime as ort
 
     fp32, int8, size = graphs

@@ -185,6 +185,7 @@ def quantize_blockwise(source: Path, target: Path, bits: int = 8, block_size: in
 QUANTIZATIONS = {
     "int8": lambda s, t: quantize_dynamic_int8(s, t, per_channel=True, reduce_range=True),
     "int8-per-tensor": lambda s, t: quantize_dynamic_int8(s, t),  # before: full 8-bit weights, one scale per matrix
+    "int8-per-tensor-7bit": lambda s, t: quantize_dynamic_int8(s, t, reduce_range=True),
     "int8-blockwise": lambda s, t: quantize_blockwise(s, t, bits=8, block_size=32),
 }
 

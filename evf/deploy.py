@@ -63,6 +63,17 @@ class XlmrTokens:
         return ids, ids == self.pad_id
 
 
+def session_options(threads: int | None = None):
+    """The onnxruntime session options every graph runs with."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class OnnxModel:
     """Args:
         folder: what ``evf export --format onnx --out FOLDER`` wrote.
@@ -84,10 +95,7 @@ class OnnxModel:
         graphs = self.config["graphs"]
         if int8 and "image_encoder_int8" not in graphs:
             raise DeployError(f"{self.folder} has no int8 image encoder: export it with --quantize int8")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        options = session_options(threads)
 
         def session(key: str):
             path = self.folder / graphs[key]

@@ -9,7 +9,8 @@ Graphs written to the output folder (axes named ``prompts`` / ``length`` are dyn
   and SAM's predicted IoU ``[prompts]``;
 - ``postprocess.onnx`` (built op by op, see ``evf.export_postprocess``): low-res logits + sizes -> logits and
   masks at the image's size;
-- optionally ``image_encoder.int8.onnx``: the image encoder with dynamically quantized int8 weights.
+- optionally ``image_encoder.int8.onnx``: the image encoder with its weight products dynamically quantized
+  (int8 per-column 7-bit weights, uint8 activations; see ``quantize_dynamic_int8``).
 
 ``deploy.json`` records what the runner needs besides the graphs: the image views' constants (read from the
 model's own view objects, so the runner cannot drift from them) and the tokenizer (``tokenizer.json``).
@@ -148,12 +149,49 @@ def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
     shutil.rmtree(stage)
 
 
-def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization (weights int8, activations quantized at run time) of the matrix products."""
+def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False) -> None:
+    """onnxruntime's dynamic quantization: int8 weights, each activation quantized to uint8 per tensor at run time.
+
+    Only products with a constant weight become integer ops (``MatMulConstBOnly``): attention's activation x
+    activation products and the relative-position Einsums stay fp32, as do the convolutions (patch embedding, neck).
+    ``reduce_range`` keeps the weights in 7 bits: on x86 CPUs without VNNI (AVX2 only, as here) the uint8 x int8
+    kernel adds pairs of products in saturating int16 (``vpmaddubsw``), which full 8-bit weights overflow; that
+    overflow, not the rounding, was most of the old int8 error (embedding relative L2 0.26 -> 0.022 on SAM ViT-B).
+    ``per_channel`` gives every output column its own weight scale (trained weights differ per column).
+    benchmarks.export_encoder's ``--keep-fp32`` tries leaving chosen blocks fp32 (docs/export.md: not worth it)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     use_external_data_format=False)
+                     per_channel=per_channel, reduce_range=reduce_range, use_external_data_format=False,
+                     extra_options={"MatMulConstBOnly": True})
+
+
+def quantize_blockwise(source: Path, target: Path, bits: int = 8, block_size: int = 32, accuracy_level: int = 4) -> None:
+    """``MatMulNBits``: weights quantized in blocks of ``block_size`` along the input axis; accuracy level 4
+    quantizes the activations to int8 per block as well at run time (one scale per row and block). Twice as
+    accurate as ``quantize_dynamic_int8`` but slower than fp32 on AVX2 CPUs here: only benchmarks.export_encoder
+    offers it (docs/export.md)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
+                                          bits=bits, op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+# --quantize int8 is "int8". The others are kept for benchmarks.export_encoder (docs/export.md compares them).
+QUANTIZATIONS = {
+    "int8": lambda s, t: quantize_dynamic_int8(s, t, per_channel=True, reduce_range=True),
+    "int8-per-tensor": lambda s, t: quantize_dynamic_int8(s, t),  # before: full 8-bit weights, one scale per matrix
+    "int8-per-tensor-7bit": lambda s, t: quantize_dynamic_int8(s, t, reduce_range=True),
+    "int8-blockwise": lambda s, t: quantize_blockwise(s, t, bits=8, block_size=32),
+}
+
+
+def quantize_image_encoder(source: Path, target: Path, name: str = "int8") -> None:
+    QUANTIZATIONS[name](Path(source), Path(target))
 
 
 @torch.no_grad()
@@ -191,7 +229,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, quantize: str | None =
     build_postprocess(post, out / GRAPHS["postprocess"])
     graphs = dict(GRAPHS)
     if quantize == "int8":
-        quantize_int8(out / GRAPHS["image_encoder"], out / INT8_IMAGE_ENCODER)
+        quantize_image_encoder(out / GRAPHS["image_encoder"], out / INT8_IMAGE_ENCODER)
         graphs["image_encoder_int8"] = INT8_IMAGE_ENCODER
     else:
         (out / INT8_IMAGE_ENCODER).unlink(missing_ok=True)  # an earlier export's, for other weights

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     from evf.deploy import read_image, session_options
     from evf.export import GRAPHS, ImageEncoderGraph, export_graph, quantize_image_encoder
-    from evf.export_fold import fold_resizes_of_stored_tensors
+    from evf.export_fold import fold_input_independent_tensors
 
     torch.set_num_threads(args.threads)
     sam = build_backend(args.preset, parse_overrides(args.sam))
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     if not (args.reuse and fp32.is_file()):
         export_graph(ImageEncoderGraph(sam), (torch.zeros(1, 3, size, size),), fp32, ["sam_image"], ["embedding"],
                      {"sam_image": {0: "batch"}, "embedding": {0: "batch"}})
-        fold_resizes_of_stored_tensors(fp32, "sam_image", (1, 3, size, size))  # as `evf export` does
+        fold_input_independent_tensors(fp32, "sam_image", (1, 3, size, size))  # as `evf export` does
     print(f"export {time.perf_counter() - start:.0f} s", flush=True)
     graphs = {"fp32": fp32}
     for name in args.variants.split(","):

@@ -199,7 +199,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, quantize: str | None =
     """Write the graphs, ``tokenizer.json`` and ``deploy.json`` of ``model`` (an ``EVFSAM``) into folder ``out``.
 
     The model is put in eval mode, fp32, on the CPU (in place), as the graphs are."""
-    from evf.export_fold import fold_resizes_of_stored_tensors
+    from evf.export_fold import fold_input_independent_tensors
     from evf.export_postprocess import build_postprocess
 
     check_exportable(model)
@@ -216,7 +216,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, quantize: str | None =
 
     export_graph(ImageEncoderGraph(sam), (sam_image,), out / GRAPHS["image_encoder"], ["sam_image"], ["embedding"],
                  {"sam_image": {0: "batch"}, "embedding": {0: "batch"}})
-    fold_resizes_of_stored_tensors(out / GRAPHS["image_encoder"], "sam_image", tuple(sam_image.shape))
+    fold_input_independent_tensors(out / GRAPHS["image_encoder"], "sam_image", tuple(sam_image.shape))
     args = (enc_image, tokens["input_ids"], tokens["padding_mask"])
     export_graph(PromptEncoderGraph(model), args, out / GRAPHS["prompt_encoder"],
                  ["enc_image", "input_ids", "padding_mask"], ["prompt_tokens"],

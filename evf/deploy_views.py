@@ -14,16 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.dtype != np.uint8 or 0 in image.shape[:2]:
-        raise ValueError(f"expected a uint8 image [H, W, 1|3|4], got {image.dtype} {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[..., :3])
+from evf.io import to_rgb_uint8
 
 
 def normalize(x: np.ndarray, mean, std) -> np.ndarray:
@@ -111,7 +102,7 @@ def pil_resize_normalized(image: np.ndarray, size: tuple[int, int], spec: dict) 
 
 def apply_view(spec: dict, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """One view of ``uint8 [H, W, 3]`` -> ``(float32 [3, S, S], input_size (h, w))`` as the torch view computes it."""
-    image = as_rgb(image)
+    image = to_rgb_uint8(image)  # the conversion the torch views use (gray, alpha, 16-bit)
     kind, size = spec["kind"], int(spec["size"])
     if kind == "stretch":
         x = image.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)

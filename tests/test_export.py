@@ -60,6 +60,17 @@ def test_exact_views_are_bit_identical(view, shape):
     np.testing.assert_array_equal(got, expected.numpy())
 
 
+def test_views_convert_gray_alpha_and_16_bit_arrays_as_the_torch_views_do():
+    rgb = image_of((40, 56))
+    arrays = {"gray": rgb[..., 0], "gray_alpha": rgb[..., :2], "rgba": np.dstack([rgb, rgb[..., :1]]),
+              "16_bit": rgb.astype(np.uint16) * 257}
+    for view in (Sam1View(128), SquareStretchView(128, "tensor")):
+        for kind, array in arrays.items():
+            np.testing.assert_array_equal(apply_view(view_spec(view), array)[0], view(array)[0].numpy(), err_msg=kind)
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        apply_view(view_spec(Sam1View(128)), rgb.astype(np.float32))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("view", [StretchView(32), LongestSideStretchView(128)], ids=["beit3_bicubic", "effisam_old"])
 def test_float_resize_views_match_to_float32_rounding(view, shape):

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from evf.errors import UserError
+from evf.export_postprocess import OPSET  # one opset for every graph of an export
 
-OPSET = 17
 FORMAT = "evf-onnx"
 FORMAT_VERSION = 1
 GRAPHS = {"image_encoder": "image_encoder.onnx", "prompt_encoder": "prompt_encoder.onnx",

@@ -28,10 +28,9 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     out = prepare_out_dir(args.out)
     model = load_model(args.checkpoint, args.config)
-    from evf.export import check_exportable, export_onnx
+    from evf.export import export_onnx
 
-    check_exportable(model)
-    export_onnx(model, out, quantize=args.quantize)
+    export_onnx(model, out, quantize=args.quantize)  # refuses an unsupported model first, in one line
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     print(f"evf export: {model.sam.name} + {type(model.encoder).__name__} -> {out} ({', '.join(files)})")
     print(f"run it: python -c \"from evf.deploy import OnnxModel, read_image; "

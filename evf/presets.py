@@ -30,6 +30,7 @@ from evf.checkpoint import CheckpointError
 from evf.config_errors import ConfigError, nearest
 from evf.encoders import ENCODERS
 from evf.model import EVFSAM
+from evf.presence import DEFAULT_PRESENCE_THRESHOLD
 from evf.sam import SAM_BACKENDS
 
 
@@ -116,7 +117,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 def create_model(name: str, checkpoint: str | None = None, encoder: dict[str, Any] | None = None,
                  sam: dict[str, Any] | None = None, train_encoder: bool = True, bce_weight: float = 1.0,
                  dice_weight: float = 1.0, presence_head: bool = False, presence_weight: float = 1.0,
-                 presence_threshold: float = 0.5) -> EVFSAM:
+                 presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD) -> EVFSAM:
     """The ``EVFSAM`` a preset names (``evf.list_models()``), with random weights or ``checkpoint``'s.
 
     Args:

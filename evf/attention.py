@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from evf.config_errors import ConfigError
 from evf.io import atomic_path, save_png_atomic
+from evf.predictor import placement
 
 IMAGE_CLS = "image_cls"
 
@@ -107,8 +108,8 @@ def attention_maps(model, image: np.ndarray, prompt: str | None, query: str = IM
         if query != IMAGE_CLS:
             raise ConfigError("in late fusion text tokens never attend to image patches; use --query image_cls")
         prompt = None
-    device = next(encoder.parameters()).device
-    images = encoder.image_view(image)[None].to(device)
+    device, dtype = placement(encoder)
+    images = encoder.image_view(image)[None].to(device, dtype)
     ids = mask = None
     if prompt is not None:
         tokens = encoder.tokenizer([prompt])

@@ -36,6 +36,7 @@ from evf.data import Preprocessor
 from evf.errors import UserError
 from evf.io import IMAGE_LOADER_VERSION, atomic_dir, atomic_path, leftover_siblings, write_text_atomic
 from evf.locks import sibling_lock
+from evf.predictor import placement
 
 FORMAT_VERSION = 2  # 2: dataset identity and per-image pixel digests; build id in shard names
 SPOT_CHECK_IMAGES = 4  # images per split decoded and compared with the manifest when a cache is attached
@@ -275,7 +276,7 @@ def write_cache_folder(sam, images: IdentityRecorder, folder: Path, batch_size: 
     build = uuid.uuid4().hex[:8]
     stem = f"{sam.name}-{signature_id(sig)}-{build}"
     view = sam.image_view
-    device = next(sam.parameters()).device
+    device, weights_dtype = placement(sam)
     shards: list[str] = []
     entries: dict[str, list[int]] = {}
     pending: list[tuple[str, torch.Tensor, tuple[int, int]]] = []
@@ -290,7 +291,7 @@ def write_cache_folder(sam, images: IdentityRecorder, folder: Path, batch_size: 
             shard.clear()
 
     def embed_pending():
-        embeddings = sam.embed_images(torch.stack([x for _, x, _ in pending]).to(device))
+        embeddings = sam.embed_images(torch.stack([x for _, x, _ in pending]).to(device, weights_dtype))
         for (image_id, _, (h, w)), emb in zip(pending, embeddings):
             shard[image_id] = emb.to(DTYPES[dtype]).cpu().contiguous()
             entries[image_id] = [len(shards), int(h), int(w)]

@@ -9,6 +9,7 @@ the SAM image encoder (the expensive part) runs once per session.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,22 @@ class Prediction:
     presence: torch.Tensor | None = None
 
 
+def placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of ``module``'s weights. Image views are fp32; a model loaded in fp16 or bf16
+    (``from_pretrained(dtype=...)``) needs them cast to its dtype, as the official demo casts its inputs."""
+    weight = next(p for p in module.parameters() if p.is_floating_point())
+    return weight.device, weight.dtype
+
+
+def half_precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to the weights' dtype when it is fp16/bf16 (nothing for fp32). Casting the inputs is not enough:
+    segment-anything's prompt encoder builds fp32 grids that meet the weights in a product; the official demo
+    runs under autocast as well."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
 class ImageSession:
     """One image, embedded once, ready for any number of ``predict`` calls.
 
@@ -53,12 +70,13 @@ class ImageSession:
     def __init__(self, model: EVFSAM, sample: dict[str, Any], tokenizer: Callable | None = None):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else model.encoder.tokenizer
-        self.device = next(model.parameters()).device
+        self.device, dtype = placement(model)
+        self.precision = half_precision(self.device, dtype)
         self.input_size = tuple(int(s) for s in sample["input_sizes"])
         self.original_size = tuple(int(s) for s in sample["original_sizes"])
-        self.enc_image = sample["enc_images"].to(self.device)  # [3, S, S]: BEiT-3 sees it again with every prompt
-        with torch.no_grad():
-            self.embedding = model.sam.embed_images(sample["sam_images"][None].to(self.device))  # [1, ...]
+        self.enc_image = sample["enc_images"].to(self.device, dtype)  # [3, S, S]: BEiT-3 sees it again with every prompt
+        with torch.no_grad(), self.precision:
+            self.embedding = model.sam.embed_images(sample["sam_images"][None].to(self.device, dtype)).to(dtype)  # [1, ...]
 
     def predict(self, prompts: Sequence[str], max_batch: int | None = DEFAULT_MAX_BATCH) -> torch.Tensor:
         """Bool masks ``[N, H, W]`` on the CPU, one per prompt; ``max_batch=None`` decodes all prompts at once."""
@@ -80,8 +98,9 @@ class ImageSession:
             ids = tokens["input_ids"][start: start + step].to(self.device)
             padding = tokens["padding_mask"][start: start + step].to(self.device)
             enc = self.enc_image[None].expand(len(ids), -1, -1, -1)
-            prompt_tokens, present = self.model.prompt_tokens_and_presence(enc, ids, padding)
-            logits, iou = self.model.sam.decode(self.embedding, prompt_tokens)
+            with self.precision:
+                prompt_tokens, present = self.model.prompt_tokens_and_presence(enc, ids, padding)
+                logits, iou = self.model.sam.decode(self.embedding, prompt_tokens)
             full = (self.model.sam.postprocess(logits[:, 0], self.input_size, self.original_size) > 0).cpu()
             if present is not None:
                 presence.append(presence_scores(present).cpu())

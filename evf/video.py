@@ -31,6 +31,7 @@ from sam2.modeling.sam2_utils import select_closest_cond_frames
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from evf.errors import UserError
+from evf.predictor import placement
 from evf.transforms import to_rgb_uint8
 from evf.video_frames import Frames, open_frames
 
@@ -152,8 +153,8 @@ class TextVideoPredictor(SAM2VideoPredictor):
 def text_tokens(model, frame: np.ndarray, prompts: Sequence[str]) -> list[torch.Tensor]:
     """One EVF token ``[1, 1, prompt_dim]`` per prompt on ``frame``; each prompt is tokenized alone, so an
     object's token does not depend on the other prompts (joint tracking == tracking each prompt alone)."""
-    device = next(model.parameters()).device
-    enc = model.encoder.image_view(to_rgb_uint8(frame))[None].to(device)
+    device, dtype = placement(model.encoder)
+    enc = model.encoder.image_view(to_rgb_uint8(frame))[None].to(device, dtype)
     out = []
     for prompt in prompts:
         ids = model.encoder.tokenizer([prompt])

@@ -94,3 +94,26 @@ def test_bad_arguments(model, image):
         model.predict(image, [])
     with pytest.raises(ValueError, match="max_batch"):
         session.predict(PROMPTS, max_batch=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["sam1", "sam2", "efficientsam"])
+def test_half_precision_weights(backend, dtype, image):
+    """A model in fp16/bf16 (``from_pretrained(dtype=...)``, or ``.to(dtype)``) takes the fp32 image views: they are
+    cast, the session runs under autocast (segment-anything's prompt encoder makes fp32 grids) and keeps the
+    embedding in the weights' dtype. Its logits stay within half-precision noise of the fp32 model's."""
+    from evf.encoders import Beit3Encoder
+    from evf.model import EVFSAM
+    from evf.sam import EfficientSamBackend, Sam1Backend, Sam2Backend
+
+    makers = {"sam1": lambda: Sam1Backend(variant="tiny"), "sam2": lambda: Sam2Backend(variant="toy"),
+              "efficientsam": lambda: EfficientSamBackend(variant="toy")}
+    torch.manual_seed(0)
+    model = EVFSAM(Beit3Encoder(size="tiny"), makers[backend]()).eval()
+    want = model.predict_with_scores(image, PROMPTS[:2])
+    session = model.to(dtype).set_image(image)
+    assert session.embedding.dtype == dtype and session.enc_image.dtype == dtype
+    got = session.predict_with_scores(PROMPTS[:2])
+    assert got.low_res_logits.dtype == torch.float32 and got.masks.shape == want.masks.shape
+    assert (got.low_res_logits - want.low_res_logits).abs().max() < 0.05 * want.low_res_logits.abs().max()
+    assert (got.masks == want.masks).float().mean() > 0.98

@@ -6,6 +6,7 @@ the model and the LightningModule never branch on the backend type.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -103,6 +104,23 @@ class SamBackend(nn.Module, abc.ABC):
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images)
+
+
+def in_buffer_dtype(buffer: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast to ``buffer``'s dtype when it is fp16/bf16. segment-anything's and sam2's random-Fourier position
+    encodings build an fp32 grid and multiply it by their Gaussian buffer, which fails once the buffer is half
+    (``model.to(torch.bfloat16)``, Lightning's ``bf16-true``). The official code edits its vendored copy instead."""
+    if buffer.dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast(buffer.device.type, dtype=buffer.dtype)
+    return contextlib.nullcontext()
+
+
+def dense_position_encoding(prompt_encoder: nn.Module, pe_layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """``prompt_encoder.get_dense_pe()`` in ``dtype``, the image embedding's. DeepSpeed's bf16 casts parameters
+    but keeps buffers fp32, so the encoding comes out fp32 and would turn the decoder's keys fp32 against its
+    bf16 weights; a half buffer is handled by ``in_buffer_dtype``."""
+    with in_buffer_dtype(pe_layer.positional_encoding_gaussian_matrix):
+        return prompt_encoder.get_dense_pe().to(dtype)
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

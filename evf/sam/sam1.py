@@ -11,7 +11,7 @@ from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.config_errors import ConfigError
-from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
+from evf.sam.base import SAM_BACKENDS, SamBackend, dense_position_encoding, in_buffer_dtype, upsample_logits
 from evf.transforms import resize_longest_side_normalized
 
 # (embed_dim, depth, heads, global attention blocks) from segment-anything's build_sam.py
@@ -109,7 +109,8 @@ class Sam1Backend(SamBackend):
     def decode(self, embeddings: torch.Tensor, prompt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Also accepts ONE embedding ``[1, ...]`` for ``N`` prompts (several prompts on one image)."""
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
-        image_pe = self.model.prompt_encoder.get_dense_pe()
+        encoder = self.model.prompt_encoder
+        image_pe = dense_position_encoding(encoder, encoder.pe_layer, embeddings.dtype)
         # segment-anything's decoder expands ONE image embedding over all prompts it is given,
         # so distinct images are decoded one at a time and prompts of one image together.
         groups = [(embeddings, prompt_tokens)] if len(embeddings) == 1 else zip(embeddings[:, None], prompt_tokens[:, None])
@@ -126,11 +127,13 @@ class Sam1Backend(SamBackend):
     def decode_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Box prompts ``[N, 4]`` as ``(x0, y0, x1, y1)`` in the SAM view's pixels, ``N`` boxes on ONE embedding
         ``[1, ...]`` or one box per embedding ``[N, ...]`` -> low-res logits ``[N, 1, h, w]`` (single-mask output)."""
-        image_pe = self.model.prompt_encoder.get_dense_pe()
+        encoder = self.model.prompt_encoder
+        image_pe = dense_position_encoding(encoder, encoder.pe_layer, embeddings.dtype)
         groups = [(embeddings, boxes)] if len(embeddings) == 1 else zip(embeddings[:, None], boxes[:, None])
         logits = []
         for emb, box in groups:  # the decoder repeats ONE embedding over all prompts it is given
-            sparse, dense = self.model.prompt_encoder(points=None, boxes=box.to(emb), masks=None)
+            with in_buffer_dtype(encoder.pe_layer.positional_encoding_gaussian_matrix):  # boxes meet it too
+                sparse, dense = encoder(points=None, boxes=box.to(emb), masks=None)
             m, _ = self.model.mask_decoder(
                 image_embeddings=emb, image_pe=image_pe, sparse_prompt_embeddings=sparse.to(emb.dtype),
                 dense_prompt_embeddings=dense.to(emb.dtype), multimask_output=False,

@@ -19,7 +19,7 @@ from torch import nn
 
 from evf.checkpoint import load_into, load_state_dict, select_prefix
 from evf.config_errors import ConfigError
-from evf.sam.base import SAM_BACKENDS, SamBackend, upsample_logits
+from evf.sam.base import SAM_BACKENDS, SamBackend, dense_position_encoding, in_buffer_dtype, upsample_logits
 from evf.sam.sam2_build import build_sam2_model
 from evf.transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, to_rgb_uint8
 
@@ -147,7 +147,8 @@ class Sam2Backend(SamBackend):
         """``[B, 3, S, S]`` -> the three FPN levels flattened and concatenated: ``[B, sum(C*h*w)]``.
 
         One flat tensor per image, so the collate function and the embedding cache store it as is."""
-        levels = self.image_encoder(images)["backbone_fpn"]
+        # sam2's FPN neck adds its upsampled levels in fp32: back to the input's dtype for half weights
+        levels = [level.to(images.dtype) for level in self.image_encoder(images)["backbone_fpn"]]
         if self.project_high_res_in_embedding:
             levels = [self.model.sam_mask_decoder.conv_s0(levels[0]), self.model.sam_mask_decoder.conv_s1(levels[1]),
                       levels[2]]
@@ -172,15 +173,18 @@ class Sam2Backend(SamBackend):
         return self.run_decoder(embeddings, prompt_tokens, dense)
 
     def decode_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        sparse, dense = self.model.sam_prompt_encoder(points=None, boxes=boxes.float(), masks=None)
+        encoder = self.model.sam_prompt_encoder
+        with in_buffer_dtype(encoder.pe_layer.positional_encoding_gaussian_matrix):
+            sparse, dense = encoder(points=None, boxes=boxes.float(), masks=None)
         return self.run_decoder(embeddings, sparse, dense)[0]
 
     def run_decoder(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor):
         s0, s1, image = self.unpack(embeddings)
+        encoder = self.model.sam_prompt_encoder
         if len(image) not in (1, len(sparse)):
             raise ValueError(f"{len(image)} embeddings for {len(sparse)} prompts: give one per prompt or one in all")
         masks, iou, _, _ = self.model.sam_mask_decoder.predict_masks(
-            image_embeddings=image, image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+            image_embeddings=image, image_pe=dense_position_encoding(encoder, encoder.pe_layer, image.dtype),
             sparse_prompt_embeddings=sparse.to(image.dtype), dense_prompt_embeddings=dense.to(image.dtype),
             repeat_image=len(image) != len(sparse), high_res_features=[s0, s1],
         )

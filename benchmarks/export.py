@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def default_images() -> list[str]:
     return [p for p in (*CANDIDATE_IMAGES, str(hopper)) if Path(p).is_file()]
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> a dict (integers as ints)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -42,7 +52,25 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def run_preset(name: str, images: list[str], prompts: list[str], threads: int, out_root: Path) -> dict:
+def variant_folder(folder: Path, variant: str) -> Path:
+    """An export folder whose int8 image encoder is quantized as ``variant`` (an ``evf.export.QUANTIZATIONS``
+    name); the other graphs are links to ``folder``'s."""
+    from evf.export import GRAPHS, INT8_IMAGE_ENCODER, quantize_image_encoder
+
+    if variant == "int8":
+        return folder
+    out = folder.with_name(f"{folder.name}-{variant}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    for path in folder.iterdir():
+        if path.name != INT8_IMAGE_ENCODER:
+            (out / path.name).symlink_to(path.resolve())
+    quantize_image_encoder(folder / GRAPHS["image_encoder"], out / INT8_IMAGE_ENCODER, variant)
+    return out
+
+
+def run_preset(name: str, images: list[str], prompts: list[str], threads: int, out_root: Path,
+               int8: tuple[str, ...] = ("int8",), sam: dict | None = None) -> dict:
     """Runtime after runtime (one model in memory at a time: SAM-H + BEiT-3-L take ~4 GB per copy)."""
     import gc
 
@@ -53,11 +81,13 @@ def run_preset(name: str, images: list[str], prompts: list[str], threads: int, o
     from evf.export import export_onnx
 
     torch.manual_seed(0)
-    model = evf.create_model(name).eval()
+    model = evf.create_model(name, sam=sam).eval()
     folder = out_root / name
     _, export_s = timed(lambda: export_onnx(model, folder, quantize="int8"))
-    makers = {"torch fp32": lambda: model, "onnx fp32": lambda: OnnxModel(folder, threads=threads),
-              "onnx int8": lambda: OnnxModel(folder, int8=True, threads=threads)}
+    makers = {"torch fp32": lambda: model, "onnx fp32": lambda: OnnxModel(folder, threads=threads)}
+    for variant in int8:
+        quantized = variant_folder(folder, variant)
+        makers[f"onnx {variant}"] = lambda f=quantized: OnnxModel(f, int8=True, threads=threads)
     rows = {k: {"image_s": [], "prompt_s": [], "iou": [], "fg": []} for k in makers}
     reference = {}
     for kind, make in makers.items():
@@ -86,10 +116,10 @@ def report(result: dict) -> list[str]:
     rows = result["runtimes"]
     torch_image = np.mean(rows["torch fp32"]["image_s"])
     lines = [(f"{result['preset']} (random weights), {result['threads']} threads, {len(result['images'])} images x "
-              f"{len(result['prompts'])} prompts, export {result['export_s']:.0f} s"),
-             f"{'runtime':<11} {'s/image':>9} {'vs torch':>8} {'s/prompt':>9} {'mask IoU mean':>13} {'min':>6} {'fg':>6}"]
+              f"{len(result['prompts'])} prompts, export {result['export_s']:.0f} s, load average {os.getloadavg()[0]:.2f}"),
+             f"{'runtime':<20} {'s/image':>9} {'vs torch':>8} {'s/prompt':>9} {'mask IoU mean':>13} {'min':>6} {'fg':>6}"]
     for kind, r in rows.items():
-        lines.append(f"{kind:<11} {np.mean(r['image_s']):>9.2f} {torch_image / np.mean(r['image_s']):>7.2f}x "
+        lines.append(f"{kind:<20} {np.mean(r['image_s']):>9.2f} {torch_image / np.mean(r['image_s']):>7.2f}x "
                      f"{np.mean(r['prompt_s']):>9.3f} {np.mean(r['iou']):>13.4f} {min(r['iou']):>6.3f} {np.mean(r['fg']):>6.3f}")
     return lines
 
@@ -102,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of torch and onnxruntime alike")
     p.add_argument("--out", default="/tmp/evf-export-bench", help="folder for the exported graphs")
     p.add_argument("--json", help="also write the raw numbers here")
+    p.add_argument("--sam", nargs="*", default=[], help="SAM-backend overrides KEY=VALUE, e.g. mask_selection=single")
+    p.add_argument("--int8", default="int8", help="comma list of evf.export.QUANTIZATIONS names, one row each "
+                   "(default: int8, what --quantize int8 writes)")
     args = p.parse_args(argv)
     import torch
 
@@ -111,7 +144,8 @@ def main(argv=None) -> int:
         p.error("no photos found on disk; pass --images")
     results = []
     for name in args.presets.split(","):
-        results.append(run_preset(name, images, args.prompts.split(","), args.threads, Path(args.out)))
+        results.append(run_preset(name, images, args.prompts.split(","), args.threads, Path(args.out),
+                                  tuple(args.int8.split(",")), parse_overrides(args.sam) or None))
         print("\n".join(report(results[-1])), flush=True)
     print("\nimages: " + ", ".join(images))
     print("fg = mean fraction of mask pixels (random weights: near 0 or 1 means the masks say little)")

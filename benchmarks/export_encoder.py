@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.export import default_images, iou
+from benchmarks.export import default_images, iou, parse_overrides
 
 PROMPT_TOKENS = 8
 
@@ -32,14 +32,6 @@ def build_backend(preset: str, overrides: dict):
     torch.manual_seed(0)
     p = get_preset(preset)
     return SAM_BACKENDS.create(p.sam, **{**p.sam_args, **overrides}).eval()
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key] = int(value) if value.isdigit() else value
-    return out
 
 
 def error_figures(embedding, reference) -> dict:
@@ -63,6 +55,15 @@ def quantize_keeping(source: Path, target: Path, pattern: str) -> None:
                      per_channel=True, reduce_range=True, nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True})
 
 
+def quantize_u8u8_where(source: Path, target: Path, pattern: str) -> None:
+    """``--quantize int8``'s settings, except that the products whose node names match ``pattern`` get 8-bit
+    unsigned per-column weights (``int8-u8u8``: no int16 saturation on AVX2, a ~2x slower kernel here)."""
+    from evf.export import quantize_dynamic_int8
+
+    print(f"int8 with u8u8 products matching {pattern}")
+    quantize_dynamic_int8(source, target, per_channel=True, reduce_range=True, unsigned_weights=pattern)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.export_encoder", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="evf-sam-beit3l-samh", help="the preset whose SAM backend is built")
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
                    "NAME:nospin runs NAME with onnxruntime's thread spinning off")
     p.add_argument("--keep-fp32", nargs="*", default=[], help="regexes of node names: one extra int8 variant "
                    "(int8-keep<i>) per regex, with the matching products left fp32")
+    p.add_argument("--u8u8", nargs="*", default=[], help="regexes of node names: one extra int8 variant "
+                   "(int8-u8u8-<i>) per regex, with the matching products quantized as int8-u8u8")
     p.add_argument("--images", nargs="*", help="photos (default: real photos found on disk)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=1, help="timed runs per image and runtime (the best is kept)")
@@ -112,6 +115,11 @@ def main(argv=None) -> int:
         name = f"int8-keep{i}"
         graphs[name] = folder / f"image_encoder.{name}.onnx"
         quantize_keeping(fp32, graphs[name], pattern)
+        args.variants += f",{name}"
+    for i, pattern in enumerate(args.u8u8):
+        name = f"int8-u8u8-{i}"
+        graphs[name] = folder / f"image_encoder.{name}.onnx"
+        quantize_u8u8_where(fp32, graphs[name], pattern)
         args.variants += f",{name}"
 
     images = args.images or default_images()

@@ -149,7 +149,8 @@ def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
     shutil.rmtree(stage)
 
 
-def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False) -> None:
+def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False,
+                          unsigned_weights: bool | str = False) -> None:
     """onnxruntime's dynamic quantization: int8 weights, each activation quantized to uint8 per tensor at run time.
 
     Only products with a constant weight become integer ops (``MatMulConstBOnly``): attention's activation x
@@ -158,12 +159,31 @@ def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool = False,
     kernel adds pairs of products in saturating int16 (``vpmaddubsw``), which full 8-bit weights overflow; that
     overflow, not the rounding, was most of the old int8 error (embedding relative L2 0.26 -> 0.022 on SAM ViT-B).
     ``per_channel`` gives every output column its own weight scale (trained weights differ per column).
-    benchmarks.export_encoder's ``--keep-fp32`` tries leaving chosen blocks fp32 (docs/export.md: not worth it)."""
+    ``unsigned_weights``: uint8 weights (8 bits, per column, asymmetric) for every product (``True``) or for the
+    products whose node names match a regex; uint8 x uint8 sums in 32 bits (no saturation, no 7-bit weights) but
+    runs at about half the speed here. benchmarks.export_encoder's ``--keep-fp32`` and ``--u8u8`` try such choices
+    per product (docs/export.md)."""
+    import re
+    import tempfile
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     per_channel=per_channel, reduce_range=reduce_range, use_external_data_format=False,
-                     extra_options={"MatMulConstBOnly": True})
+    def run(src, dst, weight_type, reduce, **kwargs):
+        quantize_dynamic(str(src), str(dst), weight_type=weight_type, op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=per_channel, reduce_range=reduce, use_external_data_format=False,
+                         extra_options={"MatMulConstBOnly": True}, **kwargs)
+
+    if unsigned_weights is True:
+        return run(source, target, QuantType.QUInt8, False)
+    if not unsigned_weights:
+        return run(source, target, QuantType.QInt8, reduce_range)
+    graph = onnx.load(str(source), load_external_data=False).graph
+    chosen = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and re.search(unsigned_weights, n.name)]
+    with tempfile.TemporaryDirectory(dir=Path(target).parent) as tmp:
+        first = Path(tmp) / "unsigned.onnx"
+        run(source, first, QuantType.QUInt8, False, nodes_to_quantize=chosen)
+        run(first, target, QuantType.QInt8, reduce_range)  # finds only the products still in float
 
 
 def quantize_blockwise(source: Path, target: Path, bits: int = 8, block_size: int = 32, accuracy_level: int = 4) -> None:
@@ -181,11 +201,15 @@ def quantize_blockwise(source: Path, target: Path, bits: int = 8, block_size: in
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
 
 
+QKV = r"/attn/qkv/"  # the attention input products of SAM-1, SAM-2 (Hiera) and EfficientSAM image encoders
+
 # --quantize int8 is "int8". The others are kept for benchmarks.export_encoder (docs/export.md compares them).
 QUANTIZATIONS = {
     "int8": lambda s, t: quantize_dynamic_int8(s, t, per_channel=True, reduce_range=True),
     "int8-per-tensor": lambda s, t: quantize_dynamic_int8(s, t),  # before: full 8-bit weights, one scale per matrix
     "int8-per-tensor-7bit": lambda s, t: quantize_dynamic_int8(s, t, reduce_range=True),
+    "int8-u8u8": lambda s, t: quantize_dynamic_int8(s, t, per_channel=True, unsigned_weights=True),
+    "int8-qkv-u8u8": lambda s, t: quantize_dynamic_int8(s, t, per_channel=True, reduce_range=True, unsigned_weights=QKV),
     "int8-blockwise": lambda s, t: quantize_blockwise(s, t, bits=8, block_size=32),
 }
 

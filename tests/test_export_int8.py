@@ -63,3 +63,29 @@ def test_int8_embedding_is_close_to_fp32(graphs):
     assert got.shape == expected.shape
     rel = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     assert 0 < rel < 0.05, rel
+
+
+@pytest.mark.parametrize("variant,unsigned", [("int8-qkv-u8u8", r"/attn/qkv/"), ("int8-u8u8", r".")])
+def test_unsigned_weight_variants(graphs, variant, unsigned, tmp_path):
+    """``unsigned_weights``: the chosen products get 8-bit uint8 weights with a zero point per column (no 7-bit
+    limit: uint8 x uint8 sums in 32 bits), the others keep ``--quantize int8``'s symmetric 7-bit int8 weights."""
+    import re
+
+    fp32, _, _ = graphs
+    with_weight, _ = weight_products(onnx.load(str(fp32)).graph)
+    quantize_image_encoder(fp32, tmp_path / "q.onnx", variant)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    products = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(products) == len(with_weight)
+    expect_unsigned = sum(bool(re.search(unsigned, name)) for name in with_weight)
+    kinds = {"uint8": 0, "int8": 0}
+    for node in products:
+        w, w_zero = weights[node.input[1]], weights[node.input[3]]
+        assert w_zero.shape == (w.shape[1],)
+        kinds[w.dtype.name] += 1
+        if w.dtype == np.uint8:
+            assert (w.max(axis=0).astype(int) - w.min(axis=0)).max() > 128  # full 8-bit range per column
+        else:
+            assert not w_zero.any() and np.abs(w.astype(int)).max() <= 64
+    assert kinds == {"uint8": expect_unsigned, "int8": len(with_weight) - expect_unsigned} and expect_unsigned > 0

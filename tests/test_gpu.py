@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_artifacts import moving_shapes
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 PROMPTS = ["the red square", "the blue disc on the left"]
@@ -73,16 +75,6 @@ def test_half_precision_release_on_gpu(dtype, tmp_path):
     assert agreement(got.masks, reference.masks) > 0.98
 
 
-def moving_shapes(count: int = 4, height: int = 48, width: int = 64) -> list[np.ndarray]:
-    frames = []
-    for i in range(count):
-        frame = np.full((height, width, 3), 30, np.uint8)
-        frame[10:30, 5 + 3 * i: 25 + 3 * i] = (220, 40, 40)
-        frame[30:44, 40 - 2 * i: 54 - 2 * i] = (40, 40, 220)
-        frames.append(frame)
-    return frames
-
-
 def video_model():
     model = tiny("sam2")
     head = model.sam.model.sam_mask_decoder.pred_obj_score_head.layers[-1]  # "present": see tests/test_video.py
@@ -92,7 +84,7 @@ def video_model():
 
 
 def track(model, **kwargs) -> torch.Tensor:
-    results = sorted(model.predict_video(moving_shapes(), PROMPTS, **kwargs), key=lambda r: r.index)
+    results = sorted(model.predict_video(moving_shapes(4), PROMPTS, **kwargs), key=lambda r: r.index)
     return torch.stack([r.masks for r in results])
 
 

@@ -7,19 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_artifacts import moving_shapes
+
 av = pytest.importorskip("av")
 
 PROMPTS = ["the red square", "the blue disc"]
-
-
-def moving_shapes(count: int = 3, height: int = 48, width: int = 64) -> list[np.ndarray]:
-    frames = []
-    for i in range(count):
-        frame = np.full((height, width, 3), 30, np.uint8)
-        frame[10:30, 5 + 3 * i: 25 + 3 * i] = (220, 40, 40)
-        frame[30:44, 40 - 2 * i: 54 - 2 * i] = (40, 40, 220)
-        frames.append(frame)
-    return frames
 
 
 def write_lossless_mp4(path, frames) -> None:

@@ -98,6 +98,17 @@ def tiny_fit(root: Path):
     return cli, ckpt, next((root / "run").rglob("config.yaml"))
 
 
+def moving_shapes(count: int = 3, height: int = 48, width: int = 64) -> list[np.ndarray]:
+    """A red square moving right and a blue box moving left over a dark background (the video tests' clip)."""
+    frames = []
+    for i in range(count):
+        frame = np.full((height, width, 3), 30, np.uint8)
+        frame[10:30, 5 + 3 * i: 25 + 3 * i] = (220, 40, 40)
+        frame[30:44, 40 - 2 * i: 54 - 2 * i] = (40, 40, 220)
+        frames.append(frame)
+    return frames
+
+
 def write_image(path: Path, kind: str = "rgb", size: tuple[int, int] = (40, 56), seed: int = 0) -> Path:
     """``kind``: rgb, rgba, gray, gray_alpha (2 channels) or gray16 (16-bit)."""
     rng = np.random.default_rng(seed)

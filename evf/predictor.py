@@ -9,7 +9,6 @@ the SAM image encoder (the expensive part) runs once per session.
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from evf.presence import presence_scores, reject_absent
+from evf.sam.base import half_autocast
 
 if TYPE_CHECKING:
     from evf.model import EVFSAM
@@ -49,15 +49,6 @@ def placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     return weight.device, weight.dtype
 
 
-def half_precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Autocast to the weights' dtype when it is fp16/bf16 (nothing for fp32). Casting the inputs is not enough:
-    segment-anything's prompt encoder builds fp32 grids that meet the weights in a product; the official demo
-    runs under autocast as well."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast(device.type, dtype=dtype)
-    return contextlib.nullcontext()
-
-
 class ImageSession:
     """One image, embedded once, ready for any number of ``predict`` calls.
 
@@ -71,7 +62,9 @@ class ImageSession:
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else model.encoder.tokenizer
         self.device, dtype = placement(model)
-        self.precision = half_precision(self.device, dtype)
+        # casting the inputs is not enough for half weights (fp32 intermediates inside the SAM packages): autocast,
+        # as the official demo runs
+        self.precision = half_autocast(self.device, dtype)
         self.input_size = tuple(int(s) for s in sample["input_sizes"])
         self.original_size = tuple(int(s) for s in sample["original_sizes"])
         self.enc_image = sample["enc_images"].to(self.device, dtype)  # [3, S, S]: BEiT-3 sees it again with every prompt

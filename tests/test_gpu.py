@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_artifacts import moving_shapes
+from tests.tiny_artifacts import moving_shapes, tiny_evfsam
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -30,17 +30,6 @@ def exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def tiny(backend: str):
-    from evf.encoders import Beit3Encoder
-    from evf.model import EVFSAM
-    from evf.sam import EfficientSamBackend, Sam1Backend, Sam2Backend
-
-    makers = {"sam1": lambda: Sam1Backend(variant="tiny"), "sam2": lambda: Sam2Backend(variant="toy"),
-              "efficientsam": lambda: EfficientSamBackend(variant="toy")}
-    torch.manual_seed(0)
-    return EVFSAM(Beit3Encoder(size="tiny"), makers[backend]()).eval()
-
-
 def image() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
 
@@ -51,7 +40,7 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("backend", ["sam1", "sam2", "efficientsam"])
 def test_fp32_prediction_on_gpu_equals_cpu(backend):
-    cpu = tiny(backend)
+    cpu = tiny_evfsam(backend=backend)
     gpu = copy.deepcopy(cpu).cuda()
     want, got = cpu.predict_with_scores(image(), PROMPTS), gpu.predict_with_scores(image(), PROMPTS)
     torch.testing.assert_close(got.low_res_logits, want.low_res_logits, rtol=1e-4, atol=1e-4)
@@ -76,7 +65,7 @@ def test_half_precision_release_on_gpu(dtype, tmp_path):
 
 
 def video_model():
-    model = tiny("sam2")
+    model = tiny_evfsam(backend="sam2")
     head = model.sam.model.sam_mask_decoder.pred_obj_score_head.layers[-1]  # "present": see tests/test_video.py
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.constant_(head.bias, 10.0)
@@ -109,18 +98,18 @@ def test_video_with_bf16_weights_under_autocast():
     assert agreement(got, want) > 0.95
 
 
-class LossRecorder:
-    def __init__(self):
-        from lightning.pytorch.callbacks import Callback
+def loss_recorder():
+    """A Lightning callback whose ``losses`` list receives every training step's loss."""
+    from lightning.pytorch.callbacks import Callback
 
-        recorder = self
+    class LossRecorder(Callback):
+        def __init__(self):
+            self.losses: list[float] = []
 
-        class _Callback(Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                recorder.losses.append(float(outputs["loss"]))
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
 
-        self.losses: list[float] = []
-        self.callback = _Callback()
+    return LossRecorder()
 
 
 def fit(accelerator: str, precision: str, steps: int = 3):
@@ -131,13 +120,13 @@ def fit(accelerator: str, precision: str, steps: int = 3):
     from evf.module import EVFSAMModule
 
     L.seed_everything(0)
-    module = EVFSAMModule(tiny("sam1").train(), lr=1e-3)
+    module = EVFSAMModule(tiny_evfsam().train(), lr=1e-3)
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}
     data = SyntheticRefDataModule(train_size=8, val_size=2, test_size=2, batch_size=2, image_size=48)
-    recorder = LossRecorder()
+    recorder = loss_recorder()
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder.callback])
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder])
     trainer.fit(module, datamodule=data)
     after = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
     return recorder.losses, before, after

@@ -10,18 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.tiny_artifacts import tiny_evfsam
+
 BACKENDS = ["sam1", "sam2", "efficientsam"]
-
-
-def tiny(backend: str):
-    from evf.encoders import Beit3Encoder
-    from evf.model import EVFSAM
-    from evf.sam import EfficientSamBackend, Sam1Backend, Sam2Backend
-
-    makers = {"sam1": lambda: Sam1Backend(variant="tiny"), "sam2": lambda: Sam2Backend(variant="toy"),
-              "efficientsam": lambda: EfficientSamBackend(variant="toy")}
-    torch.manual_seed(0)
-    return EVFSAM(Beit3Encoder(size="tiny"), makers[backend]()).train()
 
 
 def first_batch(model) -> dict:
@@ -45,7 +36,7 @@ def cast(batch: dict, dtype: torch.dtype) -> dict:
 @pytest.mark.parametrize("buffers", ["fp32 (DeepSpeed)", "bf16 (bf16-true)"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_step_with_bf16_weights(backend, buffers):
-    model = tiny(backend)
+    model = tiny_evfsam(backend=backend).train()
     batch = first_batch(model)
     want = model.loss(model(batch), batch["masks"])["loss"].item()
     for p in model.parameters():

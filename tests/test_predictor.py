@@ -102,14 +102,7 @@ def test_half_precision_weights(backend, dtype, image):
     """A model in fp16/bf16 (``from_pretrained(dtype=...)``, or ``.to(dtype)``) takes the fp32 image views: they are
     cast, the session runs under autocast (segment-anything's prompt encoder makes fp32 grids) and keeps the
     embedding in the weights' dtype. Its logits stay within half-precision noise of the fp32 model's."""
-    from evf.encoders import Beit3Encoder
-    from evf.model import EVFSAM
-    from evf.sam import EfficientSamBackend, Sam1Backend, Sam2Backend
-
-    makers = {"sam1": lambda: Sam1Backend(variant="tiny"), "sam2": lambda: Sam2Backend(variant="toy"),
-              "efficientsam": lambda: EfficientSamBackend(variant="toy")}
-    torch.manual_seed(0)
-    model = EVFSAM(Beit3Encoder(size="tiny"), makers[backend]()).eval()
+    model = tiny_evfsam(backend=backend)
     want = model.predict_with_scores(image, PROMPTS[:2])
     session = model.to(dtype).set_image(image)
     assert session.embedding.dtype == dtype and session.enc_image.dtype == dtype

@@ -46,13 +46,14 @@ trainer:
 """
 
 
-def tiny_evfsam(seed: int = 0):
+def tiny_evfsam(seed: int = 0, backend: str = "sam1"):
+    """Tiny BEiT-3 + the registered tiny variant of SAM backend ``backend`` (random weights from ``seed``), in eval mode."""
     from evf.encoders import Beit3Encoder
     from evf.model import EVFSAM
-    from evf.sam import Sam1Backend
+    from evf.sam import SAM_BACKENDS
 
     torch.manual_seed(seed)
-    return EVFSAM(Beit3Encoder(size="tiny"), Sam1Backend(variant="tiny")).eval()
+    return EVFSAM(Beit3Encoder(size="tiny"), SAM_BACKENDS.create(backend, tiny=True)).eval()
 
 
 def to_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -106,20 +106,27 @@ class SamBackend(nn.Module, abc.ABC):
         return self.encode(images)
 
 
-def in_buffer_dtype(buffer: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast to ``buffer``'s dtype when it is fp16/bf16. segment-anything's and sam2's random-Fourier position
-    encodings build an fp32 grid and multiply it by their Gaussian buffer, which fails once the buffer is half
-    (``model.to(torch.bfloat16)``, Lightning's ``bf16-true``). The official code edits its vendored copy instead."""
-    if buffer.dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast(buffer.device.type, dtype=buffer.dtype)
+def half_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` when it is fp16/bf16; nothing for fp32."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
-def dense_position_encoding(prompt_encoder: nn.Module, pe_layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+def in_buffer_dtype(prompt_encoder: nn.Module) -> contextlib.AbstractContextManager:
+    """Autocast to the dtype of the prompt encoder's position-encoding buffer when it is half. segment-anything's
+    and sam2's random-Fourier encodings build an fp32 grid and multiply it by that Gaussian buffer, which fails
+    once the buffer is half (``model.to(torch.bfloat16)``, Lightning's ``bf16-true``). The official code edits its
+    vendored copy instead."""
+    buffer = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    return half_autocast(buffer.device, buffer.dtype)
+
+
+def dense_position_encoding(prompt_encoder: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """``prompt_encoder.get_dense_pe()`` in ``dtype``, the image embedding's. DeepSpeed's bf16 casts parameters
     but keeps buffers fp32, so the encoding comes out fp32 and would turn the decoder's keys fp32 against its
     bf16 weights; a half buffer is handled by ``in_buffer_dtype``."""
-    with in_buffer_dtype(pe_layer.positional_encoding_gaussian_matrix):
+    with in_buffer_dtype(prompt_encoder):
         return prompt_encoder.get_dense_pe().to(dtype)
 
 

@@ -110,7 +110,7 @@ class Sam1Backend(SamBackend):
         """Also accepts ONE embedding ``[1, ...]`` for ``N`` prompts (several prompts on one image)."""
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
         encoder = self.model.prompt_encoder
-        image_pe = dense_position_encoding(encoder, encoder.pe_layer, embeddings.dtype)
+        image_pe = dense_position_encoding(encoder, embeddings.dtype)
         # segment-anything's decoder expands ONE image embedding over all prompts it is given,
         # so distinct images are decoded one at a time and prompts of one image together.
         groups = [(embeddings, prompt_tokens)] if len(embeddings) == 1 else zip(embeddings[:, None], prompt_tokens[:, None])
@@ -128,11 +128,11 @@ class Sam1Backend(SamBackend):
         """Box prompts ``[N, 4]`` as ``(x0, y0, x1, y1)`` in the SAM view's pixels, ``N`` boxes on ONE embedding
         ``[1, ...]`` or one box per embedding ``[N, ...]`` -> low-res logits ``[N, 1, h, w]`` (single-mask output)."""
         encoder = self.model.prompt_encoder
-        image_pe = dense_position_encoding(encoder, encoder.pe_layer, embeddings.dtype)
+        image_pe = dense_position_encoding(encoder, embeddings.dtype)
         groups = [(embeddings, boxes)] if len(embeddings) == 1 else zip(embeddings[:, None], boxes[:, None])
         logits = []
         for emb, box in groups:  # the decoder repeats ONE embedding over all prompts it is given
-            with in_buffer_dtype(encoder.pe_layer.positional_encoding_gaussian_matrix):  # boxes meet it too
+            with in_buffer_dtype(encoder):  # boxes meet it too
                 sparse, dense = encoder(points=None, boxes=box.to(emb), masks=None)
             m, _ = self.model.mask_decoder(
                 image_embeddings=emb, image_pe=image_pe, sparse_prompt_embeddings=sparse.to(emb.dtype),

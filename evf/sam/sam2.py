@@ -174,7 +174,7 @@ class Sam2Backend(SamBackend):
 
     def decode_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         encoder = self.model.sam_prompt_encoder
-        with in_buffer_dtype(encoder.pe_layer.positional_encoding_gaussian_matrix):
+        with in_buffer_dtype(encoder):
             sparse, dense = encoder(points=None, boxes=boxes.float(), masks=None)
         return self.run_decoder(embeddings, sparse, dense)[0]
 
@@ -184,7 +184,7 @@ class Sam2Backend(SamBackend):
         if len(image) not in (1, len(sparse)):
             raise ValueError(f"{len(image)} embeddings for {len(sparse)} prompts: give one per prompt or one in all")
         masks, iou, _, _ = self.model.sam_mask_decoder.predict_masks(
-            image_embeddings=image, image_pe=dense_position_encoding(encoder, encoder.pe_layer, image.dtype),
+            image_embeddings=image, image_pe=dense_position_encoding(encoder, image.dtype),
             sparse_prompt_embeddings=sparse.to(image.dtype), dense_prompt_embeddings=dense.to(image.dtype),
             repeat_image=len(image) != len(sparse), high_res_features=[s0, s1],
         )
